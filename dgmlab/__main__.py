@@ -1,0 +1,5 @@
+import sys
+
+from dgmlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model families, one per module: ``vae`` (variational autoencoder), ``gan``, ``classifier``."""

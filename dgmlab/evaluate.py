@@ -7,7 +7,9 @@
   log p(x) >= L_k = E[ log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x) ],  z_i ~ q(z | x).
   L_1 is the ELBO, L_k increases with k and tends to log p(x) as k -> infinity.
 
-Both estimates are batched over samples in chunks, so k = 5000 fits in a laptop's memory.
+Both estimates are batched over samples in chunks, so k = 5000 fits in a laptop's memory. They work for any
+latent variable model with a standard normal prior that has ``encode(x) -> (mu, logvar)`` (for IWAE),
+``decode(z)``, ``log_px(x, decoder_output)`` and ``config.z_dim``, such as :class:`dgmlab.models.vae.VAE`.
 """
 
 from __future__ import annotations
@@ -59,11 +61,9 @@ def evaluate_elbo(model, data, batch_size: int = 500, seed: int = 1234) -> dict:
 
 def _log_px_given_z(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """log p(x | z) for z of shape ``[S, B, Z]`` and x ``[B, D]``; returns ``[S, B]``."""
-    from dgmlab.models.vae import log_likelihood
-
     S, B, _ = z.shape
     x_logits = model.decode(z.reshape(S * B, -1)).reshape(S, B, -1)  # [S, B, D]
-    return log_likelihood(x.expand(S, B, -1), x_logits, model.config.likelihood, model.config.sigma)
+    return model.log_px(x.expand(S, B, -1), x_logits)
 
 
 @torch.no_grad()
@@ -75,7 +75,7 @@ def iwae_log_likelihood(
     log p(x) ~ logsumexp_i [log p(x | z_i) + log p(z_i) - log q(z_i | x)] - log k,  z_i ~ q(z | x).
 
     Args:
-        model: a VAE (``encode``, ``decode``, ``reparameterize``, ``config.likelihood``).
+        model: a VAE (anything with ``encode``, ``decode`` and ``log_px``, see the module docstring).
         x: ``[N, D]`` data.
         k: importance samples per example (k = 1 gives a one-sample ELBO).
         batch_size: examples processed together; samples are processed in chunks that fit in memory.
@@ -95,7 +95,7 @@ def iwae_log_likelihood(
         mu, logvar = model.encode(xb)  # [B, Z]
         acc = torch.full((xb.shape[0],), -math.inf, device=device)
         for c in _chunks(k, xb.shape[0], xb.shape[1]):
-            eps = torch.randn((c, *mu.shape), generator=generator, device=device)
+            eps = torch.randn((c, *mu.shape), generator=generator, device=device, dtype=mu.dtype)
             z = mu + torch.exp(0.5 * logvar) * eps  # [c, B, Z]
             log_w = _log_px_given_z(model, xb, z) + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))
@@ -123,7 +123,7 @@ def naive_mc_log_likelihood(
         xb = xb.to(device)
         acc = torch.full((xb.shape[0],), -math.inf, device=device)
         for c in _chunks(S, xb.shape[0], xb.shape[1]):
-            z = torch.randn((c, xb.shape[0], z_dim), generator=generator, device=device)
+            z = torch.randn((c, xb.shape[0], z_dim), generator=generator, device=device, dtype=xb.dtype)
             acc = torch.logaddexp(acc, torch.logsumexp(_log_px_given_z(model, xb, z), dim=0))
         out.append(acc - math.log(S))
     return torch.cat(out).cpu()

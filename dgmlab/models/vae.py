@@ -184,6 +184,10 @@ class VAE(nn.Module):
         x_logits, mu, logvar, _ = self(x, generator)
         return elbo_terms(x, x_logits, mu, logvar, beta, self.config.likelihood, self.config.sigma)
 
+    def log_px(self, x: torch.Tensor, x_logits: torch.Tensor) -> torch.Tensor:
+        """log p_theta(x | z) given the decoder output for z (see :func:`log_likelihood`). ``[..., D] -> [...]``."""
+        return log_likelihood(x, x_logits, self.config.likelihood, self.config.sigma)
+
     def mean(self, x_logits: torch.Tensor) -> torch.Tensor:
         """E[x | z] from the decoder output (see :func:`decoder_mean`)."""
         return decoder_mean(x_logits, self.config.likelihood)

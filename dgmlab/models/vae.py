@@ -27,6 +27,7 @@ from dgmlab.distributions import (
     log_continuous_bernoulli,
     log_normal_diag,
 )
+from dgmlab.models.mlp import mlp
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
@@ -66,16 +67,6 @@ class VAEConfig:
             raise ValueError(f"x_dim, z_dim and hidden sizes must be positive, got {self}")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
-
-
-def mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
 
 
 class ELBOTerms(NamedTuple):
@@ -150,13 +141,13 @@ class VAE(nn.Module):
         super().__init__()
         config = config or VAEConfig(**overrides)
         self.config = config
-        self.encoder = mlp([config.x_dim, *config.hidden_dims], config.activation)
+        self.encoder = mlp([config.x_dim, *config.hidden_dims], ACTIVATIONS[config.activation])
         if config.hidden_dims:  # the heads below are linear, so the last hidden layer keeps its activation
             self.encoder.append(ACTIVATIONS[config.activation]())
         h = config.hidden_dims[-1] if config.hidden_dims else config.x_dim
         self.to_mu = nn.Linear(h, config.z_dim)
         self.to_logvar = nn.Linear(h, config.z_dim)
-        self.decoder = mlp([config.z_dim, *reversed(config.hidden_dims), config.x_dim], config.activation)
+        self.decoder = mlp([config.z_dim, *reversed(config.hidden_dims), config.x_dim], ACTIVATIONS[config.activation])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[B, x_dim]`` -> (mu, logvar), each ``[B, z_dim]``: the parameters of q_phi(z | x)."""

@@ -1,0 +1,657 @@
+"""``dgmlab grade``: run each submission in its own kernel, under limits, and judge the data it exports.
+
+For one submission (:func:`grade_submission`):
+
+1. read it (a clear reason if it is not a notebook) and scan its code statically (syntax errors, functions,
+   forbidden modules);
+2. copy it alone into a fresh temporary folder, add the grader's guard cell (top) and export cell (end), and run it
+   with papermill in a separate process tree with the grading budget injected as parameters, a per-cell limit, a
+   wall-clock limit and a memory watchdog that kills the whole tree;
+3. if that run did not reach the end (time, memory, crash, ``sys.exit``), run a second time with only the
+   notebook's imports and definitions, so that the functions can still earn their points;
+4. judge the exported data in this process with the lab's hidden checks, and write the result, the feedback and
+   the executed notebook.
+
+:func:`grade` does this for many submissions in parallel, resumably, and writes the gradebook atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import psutil
+import torch
+from tqdm.auto import tqdm
+
+from dgmlab.grading import report
+from dgmlab.grading.judge import Context, ExportData, Fail
+from dgmlab.grading.lab import Lab, Question
+from dgmlab.grading.notebook import StaticReport, SubmissionError, definitions_only, parse_notebook, scan
+from dgmlab.grading.runner import kill_descendants
+from dgmlab.utils import atomic_write_text
+
+GRADER_TAG = "dgmlab-grader"
+RESULT = "result.json"
+POLL_S = 0.05
+
+RUN_REASONS = {
+    "timeout": "the notebook ran past the grader's time limit of {limit:g} s and was stopped",
+    "memory": "the notebook used more than the grader's memory limit of {limit:g} MB and was stopped",
+    "dead_kernel": "the Python kernel died while running your notebook (a crash, os._exit, or running out of memory)",
+    "cell_timeout": "a cell ran past the per-cell time limit and could not be interrupted",
+    "runner_error": "the notebook could not be executed ({message})",
+}
+
+
+# --- running one notebook ------------------------------------------------------------------------------------
+
+
+def _grader_cell(source: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = [GRADER_TAG]
+    return cell
+
+
+def prepare(
+    nb: nbformat.NotebookNode, lab: Lab, export_dir: str, nonce: str, inputs_path: str = ""
+) -> nbformat.NotebookNode:
+    """The notebook the grader executes: the student's cells between the guard cell and the export cell."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    guard = (
+        "# dgmlab grader: records any use of the lab's forbidden modules (added by the grader)\n"
+        f"import dgmlab.grading.kernel as _dgmlab_kernel\n_dgmlab_kernel.install_guard({lab.forbidden!r})"
+    )
+    budget_keys = sorted(set(lab.budget) | {"grading"})
+    export = (
+        "# dgmlab grader: evaluates your functions on the grader's inputs and saves the results (added by the grader)\n"
+        "import dgmlab.grading.kernel as _dgmlab_kernel\n"
+        f"_dgmlab_kernel.run_export({lab.export_source!r}, globals(), {export_dir!r}, {nonce!r}, "
+        f"{lab.limits.call_timeout_s!r}, {budget_keys!r}, {inputs_path!r})"
+    )
+    nb.cells = [_grader_cell(guard), *nb.cells, _grader_cell(export)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def _kernel_env(home: Path, threads: int) -> dict[str, str]:
+    """Environment of the runner and the kernel: a private HOME and caches, no fast mode, bounded threads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DGMLAB_", "JPY_", "JUPYTER_"))}
+    env.update(
+        HOME=str(home),
+        DGMLAB_CACHE=str(home / ".cache" / "dgmlab"),
+        MPLBACKEND="Agg",
+        MPLCONFIGDIR=str(home / ".mpl"),
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONWARNINGS="ignore",
+        TQDM_DISABLE="1",
+    )
+    return env
+
+
+def _tree_rss_mb(proc: psutil.Process) -> float:
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def kill_tree(pid: int) -> None:
+    """Kill the runner's whole tree: descendants first (they re-parent to the runner, a subreaper), then it."""
+    kill_descendants(pid)
+    try:
+        psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
+def run_notebook(
+    nb: nbformat.NotebookNode,
+    parameters: dict,
+    work: Path,
+    staging: Path,
+    cell_timeout: float,
+    total_timeout: float,
+    memory_mb: float,
+    threads: int = 1,
+) -> dict:
+    """Execute ``nb`` with papermill in a watched process tree (kernel cwd = ``work``).
+
+    Returns:
+        ``{"status", "message", "seconds", "peak_rss_mb", "executed"}`` where status is ``completed``,
+        ``timeout``, ``memory``, ``dead_kernel``, ``cell_timeout`` or ``runner_error``.
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    input_path, output_path = staging / "prepared.ipynb", staging / "executed.ipynb"
+    status_path = staging / "status.json"
+    nbformat.write(nb, str(input_path))
+    spec = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "status": str(status_path),
+        "parameters": parameters,
+        "cwd": str(work),
+        "cell_timeout": int(max(1, cell_timeout)),
+    }
+    (staging / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    start = time.perf_counter()
+    with open(staging / "runner.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dgmlab.grading.runner", str(staging / "spec.json")],
+            cwd=str(staging),
+            env=_kernel_env(work, threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        watched = psutil.Process(proc.pid)
+        peak, outcome = 0.0, None
+        while proc.poll() is None:
+            rss = _tree_rss_mb(watched)
+            peak = max(peak, rss)
+            if rss > memory_mb:
+                outcome = "memory"
+            elif time.perf_counter() - start > total_timeout:
+                outcome = "timeout"
+            if outcome:
+                kill_tree(proc.pid)
+                proc.wait()
+                break
+            time.sleep(POLL_S)
+    seconds = time.perf_counter() - start
+    result = {"status": "completed", "message": "", "seconds": seconds, "peak_rss_mb": round(peak)}
+    if outcome:
+        limit = memory_mb if outcome == "memory" else total_timeout
+        result.update(status=outcome, message=RUN_REASONS[outcome].format(limit=limit, message=""))
+    elif status_path.is_file():
+        st = json.loads(status_path.read_text(encoding="utf-8"))
+        result.update(status=st.get("status", "runner_error"), message=str(st.get("message", "")))
+        if result["status"] in RUN_REASONS:
+            result["message"] = RUN_REASONS[result["status"]].format(limit=0, message=result["message"])
+    else:
+        result.update(status="runner_error", message="the runner stopped without a status (see runner.log)")
+    result["executed"] = str(output_path) if output_path.is_file() else ""
+    return result
+
+
+def cell_errors(executed: Path, limit: int = 5) -> list[str]:
+    """Errors raised by the student's cells in the executed notebook, numbered as in the submission."""
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:
+        return []
+    skip = {GRADER_TAG, "injected-parameters", "papermill-error-cell-tag"}
+    notes, index = [], 0
+    for cell in nb.cells:
+        if skip & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        index += 1
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "error":
+                ename, evalue = str(out.get("ename", "")), str(out.get("evalue", ""))[:200]
+                if ename == "SystemExit":
+                    notes.append(
+                        f"cell {index} called sys.exit(): that cell stopped there, and what it should make is missing"
+                    )
+                elif ename == "KeyboardInterrupt":
+                    notes.append(f"cell {index} ran past the per-cell time limit and was interrupted")
+                else:
+                    notes.append(f"cell {index} raised {ename}: {evalue}")
+    if len(notes) > limit:
+        notes = notes[:limit] + [f"... and {len(notes) - limit} more cells with errors"]
+    return notes
+
+
+# --- judging -------------------------------------------------------------------------------------------------
+
+
+def budget_problem(data: ExportData, budget: dict) -> str:
+    """Why the run did not use the grading budget, or '' if it did (checked on the values the notebook held)."""
+    try:
+        params = data.get("_params")
+    except Fail as e:
+        return f"the grader could not verify the training budget: {e}"
+    if not isinstance(params, dict):
+        return "the grader could not verify the training budget"
+    if params.get("grading") is not True:
+        return (
+            "`grading` was not True at the end of your notebook: do not assign the parameters after the parameters cell"
+        )
+    for key, want in budget.items():
+        got = params.get(key)
+        if got != want:
+            return (
+                f"your notebook ran with {key} = {got!r} but the grader set {key} = {want!r}: a later cell "
+                "overwrites the parameters cell; remove that assignment so the grading budget is used"
+            )
+    return ""
+
+
+def _attribution(q: Question, static: StaticReport, events: list[dict], graded: set[str]) -> list[str]:
+    """Uses of forbidden modules that belong to question ``q``: in its functions or the helpers they call, but
+    not in another graded function (that one loses its own points; a wrong KL does not also cost the ELBO)."""
+    out = []
+    for fn in q.functions:
+        for f in static.forbidden_in(fn, stop=graded - {fn}):
+            out.append(f"{f.what} ({f.where})")
+    for e in events:
+        stack = [str(n) for n in e.get("functions") or []]  # innermost first
+        owner = next((n for n in stack if n in graded), None)
+        if owner in q.functions:
+            out.append(f"used {e.get('module')}.{e.get('attribute')} at run time (in `{stack[0]}`)")
+    return list(dict.fromkeys(out))
+
+
+def judge(lab: Lab, data: ExportData, static: StaticReport, ctx: Context, run_note: str = "") -> list[dict]:
+    """Score every question: forbidden-module use and budget first, then the hidden checks."""
+    budget_msg = budget_problem(data, lab.budget) if any(q.uses_budget for q in lab.questions) else ""
+    graded = {f for q in lab.questions for f in q.functions}
+    results = []
+    for q in lab.questions:
+        entry = {"id": q.id, "title": q.title, "max_points": q.points, "manual": q.is_manual, "checks": [], "notes": []}
+        if q.is_manual:
+            entry["points"] = None
+            entry["notes"].append("graded by hand")
+            results.append(entry)
+            continue
+        forbidden = _attribution(q, static, data.guard_events, graded)
+        for name, pts in q.checks.items():
+            passed, message = False, ""
+            if forbidden:
+                message = "not checked: this answer uses a module the lab forbids"
+            elif q.uses_budget and budget_msg:
+                message = "not checked: " + budget_msg
+            else:
+                try:
+                    lab.checks[(q.id, name)](data, ctx)
+                    passed = True
+                except Fail as e:
+                    message = str(e)
+                except Exception as e:  # a grader bug must not cost the student: flagged for the instructor
+                    message = (
+                        f"the grader could not run this check (internal error {type(e).__name__}); tell your instructor"
+                    )
+                    traceback.print_exc()
+            entry["checks"].append(
+                {
+                    "name": name,
+                    "points": pts if passed else 0.0,
+                    "max_points": pts,
+                    "passed": passed,
+                    "message": message,
+                }
+            )
+        if forbidden:
+            entry["notes"].append(
+                f"{', '.join(lab.forbidden)} is not allowed in this lab; found: " + "; ".join(forbidden[:3])
+            )
+        entry["points"] = sum(c["points"] for c in entry["checks"])
+        results.append(entry)
+    return results
+
+
+# --- one submission ------------------------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func, p, exc):  # a submission may chmod its files: make them removable
+        try:
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def grade_submission(
+    lab: Lab,
+    submission: Path,
+    student: str,
+    out_dir: Path,
+    threads: int = 1,
+    keep: bool = False,
+    content: bytes | None = None,
+    work_root: Path | None = None,
+) -> dict:
+    """Grade one submission and write ``out_dir/students/<student>/`` (result.json, feedback.md, executed.ipynb).
+
+    Args:
+        content: the submission's bytes, read beforehand (default: read ``submission`` now).
+        work_root: where the temporary run folders go (default: the system's temporary folder).
+
+    Never raises for anything the submission does; returns the result dict.
+    """
+    start = time.perf_counter()
+    folder = out_dir / "students" / student
+    folder.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        content = _read_bytes(submission)
+    result = {
+        "student": student,
+        "submission": str(submission),
+        "sha256": hashlib.sha256(content).hexdigest() if content is not None else "",
+        "lab": lab.name,
+        "fingerprint": lab.fingerprint,
+        "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": [],
+        "run": {},
+    }
+    try:
+        if content is None:
+            raise SubmissionError(f"{submission.name}: the file does not exist or cannot be read")
+        nb = parse_notebook(content, submission.name)
+    except SubmissionError as e:
+        result["status"] = "unreadable"
+        result["notes"].append(str(e))
+        ctx = Context(lab.budget, _CACHE, grader_inputs(lab))
+        result["questions"] = judge(lab, ExportData(None, "", str(e)), StaticReport(), ctx)
+        return _finish(result, folder, start)
+
+    static = scan(nb, lab.forbidden)
+    for err in static.syntax_errors:
+        result["notes"].append(f"syntax error in {err}: that cell could not run")
+    for f in static.findings:
+        if not f.functions:
+            result["notes"].append(f"{f.what} at {f.where}")
+    parameters = {**lab.budget, "grading": True}
+    tmp = Path(tempfile.mkdtemp(prefix=f"dgmlab-grade-{student}-", dir=work_root))
+    try:
+        data, run, executed = _run_passes(lab, nb, parameters, tmp, threads)
+        result["run"] = run
+        if executed:
+            shutil.copyfile(executed, folder / "executed.ipynb")
+        if run["status"] != "completed":
+            result["notes"].append(run["message"])
+            if run.get("second_pass"):
+                result["notes"].append(
+                    "your functions were then tested in a second run holding only your imports and definitions"
+                )
+        elif not data.complete or data.problem:
+            result["notes"].append(f"results missing: {data.problem}")
+        if executed:
+            result["notes"].extend(cell_errors(Path(executed)))
+        if data.export_error:
+            result["notes"].append(f"the grader's export stopped early: {data.export_error}")
+        result["status"] = "graded"
+        result["questions"] = judge(lab, data, static, Context(lab.budget, _CACHE, grader_inputs(lab)))
+    finally:
+        if not keep:
+            _rmtree(tmp)
+    return _finish(result, folder, start)
+
+
+_CACHE: dict = {}  # reference data shared by the checks of all submissions in this process
+_INPUTS: dict = {}
+_INPUTS_LOCK = threading.Lock()
+
+
+def grader_inputs(lab: Lab) -> dict:
+    """The lab's grader-chosen inputs as tensors (computed once per process), or {}."""
+    with _INPUTS_LOCK:
+        if lab.name not in _INPUTS:
+            raw = lab.make_inputs() if lab.make_inputs else {}
+            _INPUTS[lab.name] = {k: torch.as_tensor(np.asarray(v)) for k, v in raw.items()}
+        return _INPUTS[lab.name]
+
+
+def _write_inputs(lab: Lab, folder: Path, nonce: str) -> str:
+    inputs = grader_inputs(lab)
+    if not inputs:
+        return ""
+    path = folder / f".grader-inputs-{nonce}.npz"
+    np.savez(path, **{k: v.numpy() for k, v in inputs.items()})
+    return str(path)
+
+
+class _Merged(ExportData):
+    """Items from the full run, completed by those of the definitions-only pass."""
+
+    def __init__(self, first: ExportData, second: ExportData, reason: str):
+        self.__dict__.update(first.__dict__)
+        self._second = second
+        self.problem = reason
+        self.complete = False
+        self.guard_events = first.guard_events + second.guard_events
+
+    def status(self, key):
+        s = super().status(key)
+        return s if s == "ok" or self._second.status(key) == "absent" else self._second.status(key)
+
+    def message(self, key):
+        if self._second.status(key) != "absent" and super().status(key) != "ok":
+            return self._second.message(key)
+        return super().message(key)
+
+    def get(self, key):
+        if super().status(key) == "ok":
+            return super().get(key)
+        if self._second.status(key) != "absent" and not key.startswith("_"):
+            return self._second.get(key)
+        raise Fail(self.message(key))
+
+
+def _run_passes(lab: Lab, nb, parameters: dict, tmp: Path, threads: int):
+    """The full run, then (if it did not finish) the definitions-only run; returns (data, run info, executed)."""
+    limits = lab.limits
+    work = tmp / "work"
+    work.mkdir()
+    (work / "submission.ipynb").write_text(nbformat.writes(nb), encoding="utf-8")
+    nonce = secrets.token_hex(8)
+    export_dir = work / f".grader-export-{nonce}"
+    run = run_notebook(
+        prepare(nb, lab, str(export_dir), nonce, _write_inputs(lab, work, nonce)),
+        parameters,
+        work,
+        tmp / "pass1",
+        limits.cell_timeout_s,
+        limits.total_timeout_s,
+        limits.memory_mb,
+        threads,
+    )
+    reason = run["message"] if run["status"] != "completed" else ""
+    data = ExportData(export_dir, nonce, reason or "your notebook stopped before the end (sys.exit(), SystemExit?)")
+    executed = run["executed"]
+    if data.complete and not data.problem:
+        return data, run, executed
+    # second pass: definitions only, in a fresh folder, so the functions can still be tested
+    work2 = tmp / "work2"
+    work2.mkdir()
+    nonce2 = secrets.token_hex(8)
+    export2 = work2 / f".grader-export-{nonce2}"
+    run2 = run_notebook(
+        prepare(definitions_only(nb), lab, str(export2), nonce2, _write_inputs(lab, work2, nonce2)),
+        parameters,
+        work2,
+        tmp / "pass2",
+        limits.cell_timeout_s,
+        min(limits.total_timeout_s, 120.0),
+        limits.memory_mb,
+        threads,
+    )
+    run["second_pass"] = {k: run2[k] for k in ("status", "message", "seconds")}
+    data2 = ExportData(export2, nonce2, run2["message"] or "the definitions-only run did not finish")
+    return _Merged(data, data2, data.problem), run, executed
+
+
+def _finish(result: dict, folder: Path, start: float) -> dict:
+    auto = [q for q in result["questions"] if not q["manual"]]
+    result["total"] = round(sum(q["points"] for q in auto), 3)
+    result["max_total"] = round(sum(q["max_points"] for q in auto), 3)
+    result["grader_seconds"] = round(time.perf_counter() - start, 2)
+    write_student(result, folder)
+    return result
+
+
+def write_student(result: dict, folder: Path) -> None:
+    atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
+    atomic_write_text(folder / "feedback.md", report.feedback_markdown(result))
+
+
+# --- many submissions ----------------------------------------------------------------------------------------
+
+
+def student_ids(submissions: list[Path], lab: Lab) -> list[str]:
+    """A file-system-safe id per submission: the file stem, or the folder name when stems are not unique."""
+    stems = [p.stem for p in submissions]
+    ids = []
+    for p, stem in zip(submissions, stems):
+        name = stem if stems.count(stem) == 1 and stem != lab.notebook.stem else f"{p.parent.name}-{stem}"
+        ids.append(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "submission")
+    seen: dict[str, int] = {}
+    unique = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        unique.append(i if seen[i] == 1 else f"{i}_{seen[i]}")
+    return unique
+
+
+def _load_previous(out_dir: Path) -> dict[str, dict]:
+    previous = {}
+    for path in sorted((out_dir / "students").glob(f"*/{RESULT}")):
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(r, dict) and r.get("student") == path.parent.name:
+                previous[r["student"]] = r
+        except (OSError, ValueError):
+            continue
+    return previous
+
+
+def grade(
+    lab: Lab,
+    submissions: list[str | Path],
+    out_dir: str | Path,
+    workers: int = 1,
+    force: bool = False,
+    progress: bool = True,
+    keep: bool = False,
+    work_root: str | Path | None = None,
+) -> list[dict]:
+    """Grade many submissions, ``workers`` at a time; write ``gradebook.csv`` and ``gradebook.json``.
+
+    Resumable: a submission whose result exists for the same file content and the same lab version is skipped
+    unless ``force``. One submission's failure (or a grader error on it) never stops the others. Every
+    submission is read into memory before any of them runs, so none can alter or delete another's file.
+
+    Returns:
+        The results of this batch, in the order of ``submissions``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(s) for s in submissions]
+    ids = student_ids(paths, lab)
+    previous = _load_previous(out_dir)  # read before any submission runs
+    results: dict[str, dict] = {}
+    todo = []
+    for path, sid in zip(paths, ids):
+        old = previous.get(sid)
+        content = _read_bytes(path)
+        digest = hashlib.sha256(content).hexdigest() if content is not None else ""
+        if not force and old and old.get("sha256") == digest and old.get("fingerprint") == lab.fingerprint:
+            results[sid] = old
+        else:
+            todo.append((path, sid, content))
+    if work_root is not None:
+        Path(work_root).mkdir(parents=True, exist_ok=True)
+    # one thread per kernel: the labs' small MLPs gain little from more, and lose a lot when cores are shared
+    threads = 1
+    lock = threading.Lock()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # judging is light; leave the cores to the kernels
+    try:
+        bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {
+                pool.submit(_safe_grade, lab, p, sid, out_dir, threads, keep, content, work_root): sid
+                for p, sid, content in todo
+            }
+            for fut in as_completed(futures):
+                r = fut.result()
+                with lock:
+                    results[r["student"]] = r
+                bar.set_postfix_str(f"{r['student']}: {r.get('total', 0):g}/{r.get('max_total', 0):g}")
+                bar.update()
+        bar.close()
+    finally:
+        torch.set_num_threads(old_threads)
+    everything = {**previous, **results}
+    for r in everything.values():  # rewrite from memory: undoes any tampering with these files during the batch
+        write_student(r, out_dir / "students" / r["student"])
+    write_gradebook(lab, list(everything.values()), out_dir)
+    return [results[sid] for sid in ids]
+
+
+def _safe_grade(lab: Lab, path: Path, sid: str, out_dir: Path, threads: int, keep: bool, content, work_root) -> dict:
+    try:
+        return grade_submission(lab, path, sid, out_dir, threads, keep, content, Path(work_root) if work_root else None)
+    except Exception as e:  # a grader bug on one submission: recorded, the batch goes on
+        r = {
+            "student": sid,
+            "submission": str(path),
+            "sha256": "",
+            "lab": lab.name,
+            "fingerprint": "",
+            "status": "grader_error",
+            "notes": [f"internal grader error: {type(e).__name__}: {e}"],
+            "questions": [],
+            "run": {},
+        }
+        traceback.print_exc()
+        return _finish(r, out_dir / "students" / sid, time.perf_counter())
+
+
+def write_gradebook(lab: Lab, results: list[dict], out_dir: Path) -> None:
+    """``gradebook.csv`` (one row per student, one column per question, total) and ``gradebook.json``, atomically."""
+    results = sorted(results, key=lambda r: r["student"])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    qs = lab.questions
+    w.writerow(["student", *[q.id for q in qs], "total", "max_total", "status"])
+    for r in results:
+        by_id = {q["id"]: q for q in r.get("questions", [])}
+        row = [r["student"]]
+        for q in qs:
+            p = by_id.get(q.id, {}).get("points")
+            row.append("" if p is None else f"{p:g}")
+        row += [f"{r.get('total', 0):g}", f"{r.get('max_total', 0):g}", r.get("status", "")]
+        w.writerow(row)
+    atomic_write_text(out_dir / "gradebook.csv", buf.getvalue())
+    atomic_write_text(out_dir / "gradebook.json", json.dumps({"lab": lab.name, "results": results}, indent=1))

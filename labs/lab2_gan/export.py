@@ -1,0 +1,85 @@
+"""Lab 2 export: runs INSIDE the student's kernel, as the last cell the grader adds to a graded run.
+
+It calls the student's functions (found by name) on the grader's inputs (``ex.inputs``) and saves what they
+return, plus the trained generator, the history, the snapshots and the answers. No answers or checks here.
+"""
+
+
+def export(ex):
+    import dataclasses
+
+    import torch
+
+    from dgmlab.models.gan import Discriminator, GANConfig, Generator
+
+    inp = ex.inputs
+
+    # 1-2. the losses: values, gradients, and very confident logits
+    real = inp["real_logits"].clone().requires_grad_(True)
+    fake = inp["fake_logits"].clone().requires_grad_(True)
+    loss = ex.call("dloss", "discriminator_loss", real, fake)
+    if isinstance(loss, torch.Tensor):
+        ex.grad("dloss_grad", lambda: loss.sum(), [real, fake])
+    ex.call("dloss_extreme", "discriminator_loss", inp["real_extreme"], inp["fake_extreme"])
+    fake = inp["fake_logits"].clone().requires_grad_(True)
+    loss = ex.call("gloss", "generator_loss", fake)
+    if isinstance(loss, torch.Tensor):
+        ex.grad("gloss_grad", lambda: loss.sum(), [fake])
+    rejected = inp["fake_rejected"].clone().requires_grad_(True)
+    loss = ex.call("gloss_rejected", "generator_loss", rejected)
+    if isinstance(loss, torch.Tensor):
+        ex.grad("gloss_rejected_grad", lambda: loss.sum(), [rejected])
+
+    # 3. the two steps, from the grader's initial weights of a small deterministic GAN
+    small = GANConfig(z_dim=8, g_hidden=(32,), d_hidden=(32,), batch_norm=False, dropout=0.0)
+    G, D = Generator(small), Discriminator(small)
+    G.load_state_dict({k[2:]: v for k, v in inp.items() if k.startswith("G.")})
+    D.load_state_dict({k[2:]: v for k, v in inp.items() if k.startswith("D.")})
+    opt_D = torch.optim.Adam(D.parameters(), lr=1e-3)
+    opt_G = torch.optim.Adam(G.parameters(), lr=1e-3)
+    for key, fn, args in (
+        ("dstep", "discriminator_step", (G, D, opt_D, inp["x_real"], inp["z"])),
+        ("gstep", "generator_step", (G, D, opt_G, inp["z"])),
+    ):
+        values = []
+        for _ in range(5):
+            out = ex.call(key, fn, *args, save=False)
+            if ex.status(key) != "absent":
+                break
+            values.append(out.detach().clone() if isinstance(out, torch.Tensor) else out)
+        else:
+            ex.save(key, values)
+        ex.save(key + "_after", {"G": dict(G.state_dict()), "D": dict(D.state_dict())})
+
+    # 4. the trained generator, the history and the snapshots
+    G = ex.value("G")
+    if isinstance(G, torch.nn.Module) and dataclasses.is_dataclass(getattr(G, "config", None)):
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(G.config).items()}
+        ex.save("trained_config", config)
+        ex.save("trained_G", {k: v.detach().cpu() for k, v in G.state_dict().items()})
+    else:
+        ex.fail("trained_G", "there is no trained generator called `G` in your notebook")
+    history = ex.value("history")
+    if isinstance(history, list) and all(isinstance(h, dict) for h in history):
+        ex.save("history", [{k: h.get(k) for k in ("epoch", "seed", "n_train")} for h in history])
+    else:
+        ex.fail("history", "the list `history` written by the training cell is missing")
+    snapshots = ex.value("snapshots")
+    if isinstance(snapshots, dict) and all(isinstance(v, torch.Tensor) for v in snapshots.values()):
+        ex.save("snapshots", {str(k): v.detach().cpu() for k, v in snapshots.items()})
+    else:
+        ex.fail("snapshots", "the dict `snapshots` written by the training cell is missing")
+
+    # 5. interpolation
+    ex.call("interp7", "interpolate", inp["z0"], inp["z1"], 7)
+    ex.call("interp3", "interpolate", inp["z0"], inp["z1"], steps=3)
+
+    # 6. short answers
+    for name in ("answer_value", "answer_saturation"):
+        value = ex.value(name)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            ex.save(name, value)
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            ex.save(name, float(value))
+        else:
+            ex.fail(name, f"`{name}` is not set to a number or a letter")

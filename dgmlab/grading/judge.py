@@ -223,3 +223,31 @@ def load_state_dict(module: torch.nn.Module, value, what: str) -> torch.nn.Modul
         expect_finite(v.to(torch.float64), f"{what}: parameter {k}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in value.items()})
     return module
+
+
+def expect_budget(history, budget: dict) -> None:
+    """The training ``history`` (one dict per epoch) ran with the grading budget: its epochs, n_train and seed."""
+    if len(history) != budget["epochs"]:
+        raise Fail(f"the history has {len(history)} epochs; the grading budget is {budget['epochs']}")
+    for h in history:
+        if h.get("n_train") != budget["n_train"] or h.get("seed") != budget["seed"]:
+            raise Fail(
+                f"an epoch ran with n_train={h.get('n_train')}, seed={h.get('seed')}; the grading budget is "
+                f"n_train={budget['n_train']}, seed={budget['seed']}"
+            )
+
+
+def expect_snapshots(snaps, last_epoch: int, shape: tuple[int, ...] = (25, 784)) -> list[int]:
+    """Sample snapshots ``{epoch: images}`` taken before (epoch 0), half way and after training (``last_epoch``),
+    each of ``shape`` with pixels in [0, 1]. Returns the sorted epochs."""
+    if not isinstance(snaps, dict):
+        raise Fail("the snapshots are not a dict {epoch: images}")
+    epochs = sorted(int(k) for k in snaps)
+    if len(epochs) < 3 or epochs[0] != 0 or epochs[-1] != last_epoch or not any(0 < e < last_epoch for e in epochs):
+        raise Fail(f"snapshots should be taken before, half way and after training; found epochs {epochs}")
+    for k, v in snaps.items():
+        v = as_tensor(v, f"snapshot {k}")
+        expect_shape(v, shape, f"snapshot {k}")
+        if v.min() < 0 or v.max() > 1:
+            raise Fail(f"snapshot {k} has pixel values outside [0, 1]")
+    return epochs

@@ -325,6 +325,33 @@ class Exporter:
             return
         self.save(key, [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)])
 
+    def save_training_run(self, model_name: str, state_key: str) -> None:
+        """Record what a lab's training cell produced: the trained module called ``model_name`` (its dataclass
+        config as ``trained_config``, its ``state_dict`` as ``state_key``), the list ``history`` (epoch, seed and
+        n_train of each epoch, to verify the grading budget) and the dict ``snapshots`` of sample tensors."""
+        import dataclasses
+
+        import torch
+
+        model = self.value(model_name)
+        if isinstance(model, torch.nn.Module) and dataclasses.is_dataclass(getattr(model, "config", None)):
+            config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.config).items()}
+            self.save("trained_config", config)
+            self.save(state_key, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            self.fail(state_key, f"there is no trained model called `{model_name}` in your notebook")
+        history = self.value("history")
+        if isinstance(history, list) and all(isinstance(h, dict) for h in history):
+            keep = ("epoch", "seed", "n_train")
+            self.save("history", [{k: h.get(k) for k in keep if isinstance(h.get(k), (int, float))} for h in history])
+        else:
+            self.fail("history", "the list `history` written by the training cell is missing")
+        snapshots = self.value("snapshots")
+        if isinstance(snapshots, dict) and all(isinstance(v, torch.Tensor) for v in snapshots.values()):
+            self.save("snapshots", {str(k): v.detach().cpu() for k, v in snapshots.items()})
+        else:
+            self.fail("snapshots", "the dict `snapshots` written by the training cell is missing")
+
     def finish(self) -> None:
         """Mark the export complete (the grader treats a manifest without this as an interrupted run)."""
         self.manifest["complete"] = True

@@ -17,9 +17,11 @@ from dgmlab.grading.judge import (
     Fail,
     as_tensor,
     check,
+    expect_budget,
     expect_close,
     expect_finite,
     expect_shape,
+    expect_snapshots,
     load_state_dict,
     scalar,
 )
@@ -249,16 +251,7 @@ def _(data, ctx):
 
 @check("training", "budget")
 def _(data, ctx):
-    history = data.get("history")
-    b = ctx.budget
-    if len(history) != b["epochs"]:
-        raise Fail(f"the history has {len(history)} epochs; the grading budget is {b['epochs']}")
-    for h in history:
-        if h.get("n_train") != b["n_train"] or h.get("seed") != b["seed"]:
-            raise Fail(
-                f"an epoch ran with n_train={h.get('n_train')}, seed={h.get('seed')}; the grading budget is "
-                f"n_train={b['n_train']}, seed={b['seed']}"
-            )
+    expect_budget(data.get("history"), ctx.budget)
 
 
 def _trained(data) -> VAE:
@@ -288,15 +281,7 @@ def _(data, ctx):
 @check("samples", "three_snapshots")
 def _(data, ctx):
     snaps = data.get("snapshots")
-    epochs = sorted(int(k) for k in snaps)
-    last = ctx.budget["epochs"]
-    if len(epochs) < 3 or epochs[0] != 0 or epochs[-1] != last or not any(0 < e < last for e in epochs):
-        raise Fail(f"snapshots should be taken before, half way and after training; found epochs {epochs}")
-    for k, v in snaps.items():
-        v = as_tensor(v, f"snapshot {k}")
-        expect_shape(v, (25, 784), f"snapshot {k}")
-        if v.min() < 0 or v.max() > 1:
-            raise Fail(f"snapshot {k} has pixel values outside [0, 1]")
+    epochs = expect_snapshots(snaps, ctx.budget["epochs"])
     if torch.equal(snaps[str(epochs[0])], snaps[str(epochs[-1])]):
         raise Fail("the samples before and after training are identical")
 

@@ -7,8 +7,6 @@ and no checks: those stay in ``checks.py``, in the grader's process.
 
 
 def export(ex):
-    import dataclasses
-
     import torch
 
     from dgmlab.models.vae import VAE, VAEConfig
@@ -52,24 +50,7 @@ def export(ex):
     ex.save("step_final", {k: v.detach().clone() for k, v in step_model.state_dict().items()})
 
     # 5. the trained model, its history and the snapshots (produced by the notebook's training cell)
-    model = ex.value("model")
-    if isinstance(model, torch.nn.Module) and dataclasses.is_dataclass(getattr(model, "config", None)):
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.config).items()}
-        ex.save("trained_config", config)
-        ex.save("trained_state", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    else:
-        ex.fail("trained_state", "there is no trained VAE called `model` in your notebook")
-    history = ex.value("history")
-    if isinstance(history, list) and all(isinstance(h, dict) for h in history):
-        keep = ("epoch", "seed", "n_train")
-        ex.save("history", [{k: h.get(k) for k in keep if isinstance(h.get(k), (int, float))} for h in history])
-    else:
-        ex.fail("history", "the list `history` written by the training cell is missing")
-    snapshots = ex.value("snapshots")
-    if isinstance(snapshots, dict) and all(isinstance(v, torch.Tensor) for v in snapshots.values()):
-        ex.save("snapshots", {str(k): v.detach().cpu() for k, v in snapshots.items()})
-    else:
-        ex.fail("snapshots", "the dict `snapshots` written by the training cell is missing")
+    ex.save_training_run("model", "trained_state")
 
     # 6. manifold_grid with a probe decoder: each latent point decodes to its own pattern
     calls = []

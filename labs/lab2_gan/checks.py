@@ -12,9 +12,11 @@ from dgmlab.grading.judge import (
     Fail,
     as_tensor,
     check,
+    expect_budget,
     expect_close,
     expect_finite,
     expect_shape,
+    expect_snapshots,
     load_state_dict,
     scalar,
 )
@@ -204,12 +206,7 @@ def _(data, ctx):
 
 @check("training", "budget")
 def _(data, ctx):
-    history, b = data.get("history"), ctx.budget
-    if len(history) != b["epochs"]:
-        raise Fail(f"the history has {len(history)} epochs; the grading budget is {b['epochs']}")
-    for h in history:
-        if h.get("n_train") != b["n_train"] or h.get("seed") != b["seed"]:
-            raise Fail(f"an epoch ran with n_train={h.get('n_train')}, seed={h.get('seed')}; the budget is {b}")
+    expect_budget(data.get("history"), ctx.budget)
 
 
 def mean_image_distance(G: Generator, x: torch.Tensor, n: int = 1000) -> float:
@@ -241,15 +238,7 @@ def _(data, ctx):
 
 @check("snapshots", "three_snapshots")
 def _(data, ctx):
-    snaps = data.get("snapshots")
-    epochs, last = sorted(int(k) for k in snaps), ctx.budget["epochs"]
-    if len(epochs) < 3 or epochs[0] != 0 or epochs[-1] != last or not any(0 < e < last for e in epochs):
-        raise Fail(f"snapshots should be taken before, half way and after training; found epochs {epochs}")
-    for k, v in snaps.items():
-        v = as_tensor(v, f"snapshot {k}")
-        expect_shape(v, (25, 784), f"snapshot {k}")
-        if v.min() < 0 or v.max() > 1:
-            raise Fail(f"snapshot {k} has pixel values outside [0, 1]")
+    expect_snapshots(data.get("snapshots"), ctx.budget["epochs"])
 
 
 # --- 5. interpolate --------------------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ return, plus the trained generator, the history, the snapshots and the answers. 
 
 
 def export(ex):
-    import dataclasses
-
     import torch
 
     from dgmlab.models.gan import Discriminator, GANConfig, Generator
@@ -52,23 +50,7 @@ def export(ex):
         ex.save(key + "_after", {"G": dict(G.state_dict()), "D": dict(D.state_dict())})
 
     # 4. the trained generator, the history and the snapshots
-    G = ex.value("G")
-    if isinstance(G, torch.nn.Module) and dataclasses.is_dataclass(getattr(G, "config", None)):
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(G.config).items()}
-        ex.save("trained_config", config)
-        ex.save("trained_G", {k: v.detach().cpu() for k, v in G.state_dict().items()})
-    else:
-        ex.fail("trained_G", "there is no trained generator called `G` in your notebook")
-    history = ex.value("history")
-    if isinstance(history, list) and all(isinstance(h, dict) for h in history):
-        ex.save("history", [{k: h.get(k) for k in ("epoch", "seed", "n_train")} for h in history])
-    else:
-        ex.fail("history", "the list `history` written by the training cell is missing")
-    snapshots = ex.value("snapshots")
-    if isinstance(snapshots, dict) and all(isinstance(v, torch.Tensor) for v in snapshots.values()):
-        ex.save("snapshots", {str(k): v.detach().cpu() for k, v in snapshots.items()})
-    else:
-        ex.fail("snapshots", "the dict `snapshots` written by the training cell is missing")
+    ex.save_training_run("G", "trained_G")
 
     # 5. interpolation
     ex.call("interp7", "interpolate", inp["z0"], inp["z1"], 7)

@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make book   build the HTML book into _build/html (trains its models on the embedded MNIST subset)
+#   make book   build the HTML book into _build/full/_build/html, every page re-read and every chapter executed
+#               afresh (--all; trained models are reused from the checkpoint cache, see dgmlab.train.load_or_train)
 #   make test   lint and run the whole test suite (the book is built in fast mode inside it)
 # Both create or reuse the virtual environment .venv and install requirements.txt into it.
 
@@ -21,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter-book build . --path-output _build/full -W --keep-going
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter-book build . --all --path-output _build/full -W --keep-going
 	@echo "Book: $(abspath _build/full/_build/html/index.html)"
 
 test: $(STAMP)

@@ -248,7 +248,7 @@ def test_page_in_chromium(docname, built_book, open_page, serve):
 
 
 # ------------------------------------------------------------------------------ a failing cell fails the build
-GOOD_PAGE = """\
+MYST_HEADER = """\
 ---
 jupytext:
   text_representation:
@@ -258,6 +258,9 @@ kernelspec:
   language: python
   name: python3
 ---
+"""
+
+GOOD_PAGE = MYST_HEADER + """
 
 # Good page
 
@@ -280,16 +283,7 @@ widgets.interpolation_strip(strip, title="the static fallback");
 ```
 """
 
-BAD_PAGE = """\
----
-jupytext:
-  text_representation:
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+BAD_PAGE = MYST_HEADER + """
 
 # Bad page
 

@@ -64,11 +64,4 @@ def export(ex):
     ex.save("manifold_calls", torch.cat(calls) if calls else torch.zeros(0, 2))
 
     # 7. short answers (plain numbers or strings only)
-    for name in ("answer_kl", "answer_gap", "answer_mc"):
-        value = ex.value(name)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            ex.save(name, value)
-        elif isinstance(value, torch.Tensor) and value.numel() == 1:
-            ex.save(name, float(value))
-        else:
-            ex.fail(name, f"`{name}` is not set to a number or a letter")
+    ex.save_answers(("answer_kl", "answer_gap", "answer_mc"))

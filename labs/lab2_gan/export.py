@@ -57,11 +57,4 @@ def export(ex):
     ex.call("interp3", "interpolate", inp["z0"], inp["z1"], steps=3)
 
     # 6. short answers
-    for name in ("answer_value", "answer_saturation"):
-        value = ex.value(name)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            ex.save(name, value)
-        elif isinstance(value, torch.Tensor) and value.numel() == 1:
-            ex.save(name, float(value))
-        else:
-            ex.fail(name, f"`{name}` is not set to a number or a letter")
+    ex.save_answers(("answer_value", "answer_saturation"))

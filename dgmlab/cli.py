@@ -104,9 +104,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from dgmlab.data import download
+    from dgmlab.data import download_dataset
 
-    folder = download(args.dataset, args.root)
+    folder = download_dataset(args.dataset, args.root)
     print(f"{args.dataset} is in {folder}")
     return 0
 

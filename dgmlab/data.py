@@ -142,8 +142,9 @@ def find_full_files(dataset: str = "mnist", root: str | Path | None = None) -> P
     return None
 
 
-def download(dataset: str = "mnist", root: str | Path | None = None) -> Path:
-    """Download a full dataset into ``root`` in torchvision's layout (needs internet; only on explicit request)."""
+def download_dataset(dataset: str = "mnist", root: str | Path | None = None) -> Path:
+    """Download a full dataset into ``root`` in torchvision's layout (needs internet; only on explicit request:
+    ``dgmlab data download mnist`` or ``load_mnist(..., download=True)``)."""
     import torchvision
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}[
@@ -151,9 +152,8 @@ def download(dataset: str = "mnist", root: str | Path | None = None) -> Path:
     ]
     base = Path(root) if root is not None else data_root()
     base.mkdir(parents=True, exist_ok=True)
-    fetch = True  # the caller asked for it explicitly
     for train in (True, False):
-        cls(str(base), train=train, download=fetch)
+        cls(str(base), train=train, download=True)
     return full_data_dirs(dataset, base)[0]
 
 
@@ -288,7 +288,7 @@ def load_mnist(
     _check_choice("dataset", dataset, tuple(DATASETS))
     folder = find_full_files(dataset, root)
     if folder is None and download:
-        download_dir = globals()["download"](dataset, root)
+        download_dir = download_dataset(dataset, root)
         folder = find_full_files(dataset, root) or download_dir
     searched = " or ".join(str(p) for p in full_data_dirs(dataset, root))
     if source == "auto":

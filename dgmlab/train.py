@@ -26,7 +26,8 @@ CHECKPOINT_FORMAT = "dgmlab-checkpoint-v1"
 # model class name -> "module:Class"; each class has a ``config_class`` dataclass and a ``config`` attribute
 MODEL_CLASSES = {
     "VAE": "dgmlab.models.vae:VAE",
-    "GAN": "dgmlab.models.gan:GAN",
+    "Generator": "dgmlab.models.gan:Generator",
+    "Discriminator": "dgmlab.models.gan:Discriminator",
     "Classifier": "dgmlab.models.classifier:Classifier",
 }
 

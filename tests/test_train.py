@@ -10,6 +10,7 @@ from dgmlab.data import load_mnist
 from dgmlab.evaluate import evaluate_elbo
 from dgmlab.models.vae import VAE, VAEConfig
 from dgmlab.train import (
+    MODEL_CLASSES,
     CheckpointError,
     NonFiniteLossError,
     SampleSnapshots,
@@ -81,6 +82,22 @@ def test_checkpoint_round_trip_is_exact(tmp_path, data):
         assert torch.equal(a, b), k
     x = val.x[:10].round()
     torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
+def test_every_registered_model_class_round_trips(tmp_path, name):
+    import importlib
+
+    module, cls_name = MODEL_CLASSES[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    torch.manual_seed(0)
+    model = cls(cls.config_class())
+    save_checkpoint(tmp_path / "m.pt", model, [{"epoch": 1}], {"note": "x"})
+    loaded, history, extra = load_checkpoint(tmp_path / "m.pt")
+    assert type(loaded) is cls and loaded.config == model.config
+    assert history == [{"epoch": 1}] and extra == {"note": "x"}
+    for (k, v), w in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(v, w), k
 
 
 def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, data, monkeypatch):

@@ -1,7 +1,7 @@
 """A small MNIST classifier that the course provides (e.g. to tell which digit a GAN sample shows).
 
 :func:`load_classifier` trains it for a few seconds on the embedded MNIST subset the first time, then caches the
-weights under ``dgmlab.utils.cache_dir()`` (written atomically, read back with ``weights_only=True``).
+weights under ``dgmlab.utils.cache_dir()`` (a :func:`dgmlab.train.save_checkpoint` file).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgmlab.models.mlp import mlp
-from dgmlab.utils import atomic_torch_save, cache_dir
+from dgmlab.train import CheckpointError, load_checkpoint, save_checkpoint
+from dgmlab.utils import cache_dir
 
 __all__ = ["ClassifierConfig", "Classifier", "train_classifier", "load_classifier", "accuracy"]
 
@@ -42,6 +43,8 @@ class ClassifierConfig:
 
 class Classifier(nn.Module):
     """MLP: image ``x`` [B, 784] in [0, 1] -> class logits [B, 10]."""
+
+    config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig | None = None):
         super().__init__()
@@ -121,8 +124,9 @@ def _cache_path(config: ClassifierConfig):
 def load_classifier(config: ClassifierConfig | None = None, retrain: bool = False) -> Classifier:
     """The course's MNIST classifier: from the cache, or trained now (a few seconds on 2 CPU cores) and cached.
 
-    The returned model is in eval mode on the CPU; ``model.info`` holds its ``test_accuracy`` on the 500
-    embedded test images.
+    The cache file is a :func:`dgmlab.train.save_checkpoint` checkpoint (written atomically, read back with
+    ``weights_only=True``). The returned model is in eval mode on the CPU; ``model.info`` holds its
+    ``test_accuracy`` on the 500 embedded test images.
 
     Args:
         config: architecture and training settings (each config has its own cache file).
@@ -132,17 +136,16 @@ def load_classifier(config: ClassifierConfig | None = None, retrain: bool = Fals
     path = _cache_path(config)
     if path.is_file() and not retrain:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            model = Classifier(ClassifierConfig(**ckpt["config"]))
-            model.load_state_dict(ckpt["state_dict"])
-            model.info = dict(ckpt["info"])
-            return model.eval()
-        except Exception:  # a damaged or outdated cache file (any unpickling error) is replaced below
-            pass
+            model, _, info = load_checkpoint(path, "cpu")
+            if isinstance(model, Classifier) and model.config == config:
+                model.info = info
+                return model
+        except CheckpointError:
+            pass  # a damaged or outdated cache file is replaced below
     model, info = train_classifier(config)
     model.info = info
     try:
-        atomic_torch_save({"config": asdict(config), "state_dict": model.state_dict(), "info": info}, path)
+        save_checkpoint(path, model, extra=info)
     except OSError:
         pass  # a read-only cache only costs the retraining next time
     return model.eval()

@@ -72,6 +72,8 @@ class GANConfig:
 class Generator(nn.Module):
     """``G``: noise ``z`` [B, z_dim] -> image ``x`` [B, x_dim] with pixels in (0, 1)."""
 
+    config_class = GANConfig
+
     def __init__(self, config: GANConfig | None = None):
         super().__init__()
         self.config = config or GANConfig()
@@ -96,6 +98,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """``D``: image ``x`` [B, x_dim] -> logit [B] that ``x`` came from the data (``sigmoid`` gives D(x))."""
+
+    config_class = GANConfig
 
     def __init__(self, config: GANConfig | None = None):
         super().__init__()

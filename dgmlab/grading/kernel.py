@@ -25,6 +25,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from dgmlab.utils import atomic_write_text
+
 MANIFEST = "manifest.json"
 GUARD_EVENTS: list[dict] = []
 _CURRENT_CALL: list[str] = []  # key of the exporter call running now, if any
@@ -232,11 +234,7 @@ class Exporter:
     # -- recording -----------------------------------------------------------------------------------------
     def _write_manifest(self) -> None:
         self.manifest["guard_events"] = list(GUARD_EVENTS[-200:])
-        path = os.path.join(self.out_dir, MANIFEST)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.manifest, f, default=str)
-        os.replace(tmp, path)
+        atomic_write_text(os.path.join(self.out_dir, MANIFEST), json.dumps(self.manifest, default=str))
 
     def _record(self, key: str, status: str, message: str = "", value=None) -> None:
         entry: dict = {"status": status, "message": message}

@@ -15,6 +15,8 @@ import sys
 import time
 import traceback
 
+from dgmlab.utils import atomic_write_text
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -109,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     status["seconds"] = time.perf_counter() - start
     status["leftover_processes_killed"] = kill_descendants()
-    tmp = spec["status"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(status, f)
-    os.replace(tmp, spec["status"])
+    atomic_write_text(spec["status"], json.dumps(status))
     return 0
 
 

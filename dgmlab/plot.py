@@ -53,6 +53,15 @@ def plot_history(history: list[dict], keys=("train_elbo", "val_elbo"), ax=None, 
     return ax
 
 
+def ppf_values(n: int) -> np.ndarray:
+    """``n`` latent coordinates equally spaced in probability under N(0, 1): ``Phi^{-1}((i + 1/2) / n)``, i = 0..n-1.
+
+    Each value sits in the middle of a slice of prior mass 1/n (``scipy.stats.norm.ppf`` is the inverse CDF).
+    Returns an increasing array of shape [n], symmetric around 0.
+    """
+    return norm.ppf((np.arange(n) + 0.5) / n)
+
+
 def ppf_grid(n: int = 20, eps: float | None = None) -> torch.Tensor:
     """An ``n x n`` grid of 2-d latent points at the quantiles of N(0, 1) in each coordinate.
 
@@ -63,8 +72,7 @@ def ppf_grid(n: int = 20, eps: float | None = None) -> torch.Tensor:
     Returns:
         ``[n*n, 2]`` float32 tensor of (z1, z2) points, row-major.
     """
-    q = (np.arange(n) + 0.5) / n if eps is None else np.linspace(eps, 1 - eps, n)
-    values = norm.ppf(q)
+    values = ppf_values(n) if eps is None else norm.ppf(np.linspace(eps, 1 - eps, n))
     z1, z2 = np.meshgrid(values, values[::-1])
     return torch.tensor(np.stack([z1.ravel(), z2.ravel()], axis=1), dtype=torch.float32)
 

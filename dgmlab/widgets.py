@@ -55,22 +55,13 @@ def _widgets():
 
 
 def ppf_values(n: int) -> np.ndarray:
-    """Latent coordinates equally spaced in probability under N(0, 1): ``Phi^{-1}((i + 1/2) / n)``.
-
-    The spacing of :func:`dgmlab.plot.ppf_grid` (Kingma & Welling 2014, fig. 4b), so the sliders stop at the
-    very points the static manifold figure shows, and each step covers the same prior mass.
-
-    Args:
-        n: number of values (at least 2).
-
-    Returns:
-        Array of shape [n], increasing and symmetric around 0.
-    """
-    from scipy.stats import norm
+    """Slider positions: :func:`dgmlab.plot.ppf_values` (equal prior mass per step), the very points the static
+    manifold figure shows. ``n`` must be at least 2 (a slider needs two stops)."""
+    from dgmlab.plot import ppf_values as values
 
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
-    return norm.ppf((np.arange(n) + 0.5) / n)
+    return values(n)
 
 
 def _as_images(x: torch.Tensor | np.ndarray, image_shape: tuple[int, int] | None, what: str) -> np.ndarray:

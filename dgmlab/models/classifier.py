@@ -56,6 +56,17 @@ class Classifier(nn.Module):
         return self.net(x)  # [B, n_classes]
 
     @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's activations (after the ReLU), float32 [B, hidden] on the CPU, in eval mode: the
+        feature space of :mod:`dgmlab.metrics` (the course's stand-in for Inception features)."""
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        h = self.net[:-1](x.to(device)).cpu()  # all layers but the output layer
+        self.train(was)
+        return h
+
+    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Most likely digit per image, int64 [B] (eval mode, on the model's device)."""
         was = self.training

@@ -153,6 +153,34 @@ def test_static_scan_ignores_allowed_code_and_reports_syntax_errors():
     assert report.syntax_errors == ["cell 2, line 1: invalid syntax"] or report.syntax_errors[0].startswith("cell 2")
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = !ls\nimport torch.distributions",
+        "files = !ls -la\n%matplotlib inline\nfrom torch.distributions import Normal",
+        "len?\nimport torch.distributions as td",
+        "%time import torch.distributions",
+        "%%capture out\nimport torch\nd = torch.distributions.Normal(0, 1)",
+        "%%time\nfrom torch import distributions",
+    ],
+)
+def test_static_scan_reads_through_ipython_magics(code):
+    report = scan(nb_of(code), FORBIDDEN)
+    assert not report.syntax_errors, report.syntax_errors
+    assert report.findings, code
+
+
+@pytest.mark.parametrize("code", ["x = !ls", "%time y = 1", "%%bash\necho hi", "%%capture\nprint(1)", "len?", "!pip list"])
+def test_a_magic_alone_is_not_a_syntax_error(code):
+    report = scan(nb_of(code, "def after():\n    return 1"), FORBIDDEN)
+    assert report.syntax_errors == [] and not report.findings and "after" in report.functions
+
+
+def test_findings_inside_cell_magics_keep_their_line_numbers():
+    report = scan(nb_of("%%capture\nimport torch\n\nfrom torch.distributions import Normal"), FORBIDDEN)
+    assert [(f.cell, f.line) for f in report.findings] == [(0, 4)]
+
+
 def test_definitions_only_keeps_definitions_and_drops_work():
     nb = nb_of(
         "import torch\nN = 3\ndevice = torch.device('cpu')\nanswer_kl = 0.5 * abs(-2)\nwhile True:\n    pass",

@@ -7,6 +7,9 @@ Static checks never execute the submission: they parse its code cells with :mod:
   ``getattr``, ``importlib.import_module``, ``__import__``, the module name as a string), attributed to the
   function they occur in, and through calls to the functions that use them;
 * syntax errors, reported by cell and line.
+
+Cells are first turned into the Python IPython would run (magics, ``!`` shell escapes, ``?`` help), so a
+magic is never mistaken for a syntax error that would hide the rest of its cell from the scan.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import ast
 import copy
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +74,41 @@ def parse_notebook(content: bytes, name: str) -> nbformat.NotebookNode:
     return nb
 
 
-_MAGIC = re.compile(r"^\s*(%|!)")
+# cell and line magics whose argument is Python code the kernel runs (``%time x = f()``, ``%%capture`` ...)
+PYTHON_MAGICS = frozenset({"time", "timeit", "prun", "capture", "debug"})
 
 
-def python_source(source: str) -> str | None:
-    """The cell's code with IPython magics and shell escapes blanked (line numbers kept); None for cell magics."""
-    if source.lstrip().startswith("%%"):
+def python_source(source: str) -> str:
+    """The cell as the Python that IPython runs: magics, shell escapes (``x = !ls``) and help (``f?``) become
+    ``get_ipython()`` calls, line numbers kept. Uses IPython's own ``TransformerManager``, so whatever the kernel
+    accepts parses here; code that is not valid Python comes back unchanged (and fails ``ast.parse``)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:  # a fresh manager per cell (cheap): cells are scanned from several grading threads at once
+        return TransformerManager().transform_cell(source)
+    except Exception:  # IPython's transformers raise on some malformed input: let ast report the error
+        return source
+
+
+def _magic_code(node: ast.Call) -> tuple[str, int] | None:
+    """For ``get_ipython().run_line_magic("time", code)`` or ``.run_cell_magic("capture", args, body)`` of a
+    magic that runs Python: the code and the line offset to add to its line numbers; else None."""
+    f = node.func
+    if not (isinstance(f, ast.Attribute) and f.attr in ("run_line_magic", "run_cell_magic")):
         return None
-    return "\n".join("" if _MAGIC.match(line) else line for line in source.splitlines())
+    if not (isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) and f.value.func.id == "get_ipython"):
+        return None
+    args = node.args
+    if not args or not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+        return None
+    name = args[0].value
+    if name not in PYTHON_MAGICS:
+        return None
+    if f.attr == "run_line_magic" and len(args) == 2:
+        return args[1].value, node.lineno - 1
+    if f.attr == "run_cell_magic" and len(args) == 3:
+        return args[2].value, node.lineno  # the body starts on the line after ``%%magic``
+    return None
 
 
 @dataclass
@@ -210,6 +239,16 @@ class _Scanner(ast.NodeVisitor):
             self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:
+        magic = _magic_code(node)
+        if magic is not None:  # ``%time``, ``%%capture``: scan the Python they run
+            code, offset = magic
+            try:
+                tree = ast.parse(python_source(code))
+            except SyntaxError:  # options such as ``%timeit -n 3 ...``: the run-time guard still watches it
+                return
+            ast.increment_lineno(tree, offset)
+            self.generic_visit(tree)
+            return
         if not self._check_expr(node):
             self.generic_visit(node)
 
@@ -232,11 +271,8 @@ def scan(nb: nbformat.NotebookNode, forbidden: tuple[str, ...] | list[str] = ())
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        src = python_source(cell.source)
-        if src is None:
-            continue
         try:
-            tree = ast.parse(src)
+            tree = ast.parse(python_source(cell.source))
         except SyntaxError as e:
             report.syntax_errors.append(f"cell {i + 1}, line {e.lineno}: {e.msg}")
             continue
@@ -271,11 +307,11 @@ def definitions_only(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             continue
         src = python_source(cell.source)
         try:
-            tree = ast.parse(src or "")
+            tree = ast.parse(src)
         except SyntaxError:
             cell.source = ""
             continue
-        lines = (src or "").splitlines()
+        lines = src.splitlines()
         keep = []
         for stmt in tree.body:
             if isinstance(stmt, _KEEP) or _harmless_assignment(stmt):

@@ -170,7 +170,9 @@ def test_static_scan_reads_through_ipython_magics(code):
     assert report.findings, code
 
 
-@pytest.mark.parametrize("code", ["x = !ls", "%time y = 1", "%%bash\necho hi", "%%capture\nprint(1)", "len?", "!pip list"])
+@pytest.mark.parametrize(
+    "code", ["x = !ls", "%time y = 1", "%%bash\necho hi", "%%capture\nprint(1)", "len?", "!pip list"]
+)
 def test_a_magic_alone_is_not_a_syntax_error(code):
     report = scan(nb_of(code, "def after():\n    return 1"), FORBIDDEN)
     assert report.syntax_errors == [] and not report.findings and "after" in report.functions

@@ -3,6 +3,7 @@ exporter, the judge, the gradebook, and the labs' rubrics."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -352,6 +353,46 @@ def test_judge_never_lets_a_check_crash_the_grader(tmp_path):
     auto = [q for q in questions if not q["manual"]]
     assert all(q["points"] == 0 for q in auto)
     assert all("the kernel died" in c["message"] for q in auto for c in q["checks"])
+
+
+def test_resume_reruns_after_a_change_of_limits_or_grader_code(tmp_path, monkeypatch, capsys):
+    """A stored result is reused only under the same settings: the limits given on the command line, the
+    budget and the grader's own code (simulated on a copy of dgmlab/grading, the real tree is never edited)."""
+    from dgmlab.grading import cli
+    from dgmlab.grading import lab as lab_module
+
+    runs = []
+    real = g.grade_submission
+    monkeypatch.setattr(
+        g, "grade_submission", lambda lab, path, sid, *a, **k: runs.append(sid) or real(lab, path, sid, *a, **k)
+    )
+    sub = tmp_path / "ann.ipynb"
+    sub.write_bytes(b"")  # unreadable: graded without a kernel, so this test stays fast
+    base = ["grade", str(ROOT / "labs" / "lab1_vae"), str(sub), "--out", str(tmp_path / "out"), "--quiet"]
+
+    def graded(*extra):
+        before = len(runs)
+        assert cli.main(base + list(extra)) == 0
+        return len(runs) - before
+
+    assert graded() == 1
+    assert graded() == 0  # identical settings: reused
+    assert graded("--total-timeout", "900") == 1  # a student who timed out must get the longer limit
+    assert graded("--total-timeout", "900") == 0
+    assert graded("--total-timeout", "900", "--memory-mb", "5000") == 1
+    assert graded("--total-timeout", "900", "--memory-mb", "5000", "--cell-timeout", "7") == 1
+    stored = json.loads((tmp_path / "out" / "students" / "ann" / "result.json").read_text())
+    assert stored["settings"]["limits"]["cell_timeout_s"] == 7 and stored["settings"]["limits"]["memory_mb"] == 5000
+
+    copy = tmp_path / "grading_copy"
+    shutil.copytree(lab_module.GRADER_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lab_module, "GRADER_DIR", copy)
+    same = ["--total-timeout", "900", "--memory-mb", "5000", "--cell-timeout", "7"]
+    assert graded(*same) == 0  # an identical copy of the grader: same fingerprint
+    (copy / "judge.py").write_text((copy / "judge.py").read_text() + "\n# a changed check helper\n")
+    assert graded(*same) == 1
+    assert graded(*same) == 0
+    capsys.readouterr()
 
 
 def test_gradebook_is_written_atomically(tmp_path):

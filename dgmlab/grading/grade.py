@@ -369,7 +369,8 @@ def grade_submission(
         "submission": str(submission),
         "sha256": hashlib.sha256(content).hexdigest() if content is not None else "",
         "lab": lab.name,
-        "fingerprint": lab.fingerprint,
+        "fingerprint": lab.run_fingerprint(),
+        "settings": lab.settings(),
         "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": [],
         "run": {},
@@ -567,8 +568,9 @@ def grade(
 ) -> list[dict]:
     """Grade many submissions, ``workers`` at a time; write ``gradebook.csv`` and ``gradebook.json``.
 
-    Resumable: a submission whose result exists for the same file content and the same lab version is skipped
-    unless ``force``. One submission's failure (or a grader error on it) never stops the others. Every
+    Resumable: a submission whose result exists for the same file content and the same settings (the grader's
+    code, the lab's rubric, export and checks, the budget and the limits: :meth:`Lab.run_fingerprint`) is
+    skipped unless ``force``. One submission's failure (or a grader error on it) never stops the others. Every
     submission is read into memory before any of them runs, so none can alter or delete another's file.
 
     Returns:
@@ -581,11 +583,12 @@ def grade(
     previous = _load_previous(out_dir)  # read before any submission runs
     results: dict[str, dict] = {}
     todo = []
+    fingerprint = lab.run_fingerprint()  # the code, the budget and the limits in force now (CLI overrides included)
     for path, sid in zip(paths, ids):
         old = previous.get(sid)
         content = _read_bytes(path)
         digest = hashlib.sha256(content).hexdigest() if content is not None else ""
-        if not force and old and old.get("sha256") == digest and old.get("fingerprint") == lab.fingerprint:
+        if not force and old and old.get("sha256") == digest and old.get("fingerprint") == fingerprint:
             results[sid] = old
         else:
             todo.append((path, sid, content))

@@ -5,8 +5,10 @@ runs in the student's kernel to export data; no answers in it) and ``checks.py``
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,29 @@ class Lab:
     checks: dict[tuple[str, str], Callable]
     fingerprint: str
     make_inputs: Callable[[], dict] | None = None  # grader-chosen inputs for the export, from checks.py
+
+    def settings(self) -> dict:
+        """Everything besides the submission that can change a result: the code fingerprint, the budget, the
+        limits (after any command-line override), the forbidden modules, and the versions that run the checks."""
+        import torch
+
+        import dgmlab
+        from dgmlab.utils import fast_mode
+
+        return {
+            "code": self.fingerprint,
+            "budget": dict(self.budget),
+            "limits": dataclasses.asdict(self.limits),
+            "forbidden": list(self.forbidden),
+            "fast_mode": fast_mode(),
+            "dgmlab": dgmlab.__version__,
+            "torch": torch.__version__,
+        }
+
+    def run_fingerprint(self) -> str:
+        """A short hash of :meth:`settings`: a stored result is reused only when it matches."""
+        text = json.dumps(self.settings(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def total_points(self) -> float:
@@ -134,9 +159,8 @@ def load_lab(spec: str | Path) -> Lab:
             f"{folder}: rubric and checks.py disagree: rubric only {sorted(wanted - set(checks))}, "
             f"checks.py only {sorted(set(checks) - wanted)}"
         )
-    h = hashlib.sha256()
-    for p in (folder / RUBRIC, export_path, checks_path, Path(__file__).with_name("grade.py")):
-        h.update(p.read_bytes())
+    lab_files = [folder / RUBRIC, export_path, checks_path]
+    fingerprint = code_fingerprint([*lab_files, *grader_sources(), *dgmlab_imports(lab_files[1:])])
     return Lab(
         name=str(r["lab"]),
         title=str(r.get("title", r["lab"])),
@@ -148,9 +172,48 @@ def load_lab(spec: str | Path) -> Lab:
         questions=questions,
         export_source=export_source,
         checks=checks,
-        fingerprint=h.hexdigest()[:16],
+        fingerprint=fingerprint,
         make_inputs=make_inputs,
     )
+
+
+GRADER_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def grader_sources() -> list[Path]:
+    """The grader's own code: every Python file of ``dgmlab/grading/`` (a change to any can change a result)."""
+    return sorted(GRADER_DIR.rglob("*.py"))
+
+
+def dgmlab_imports(paths: list[Path]) -> list[Path]:
+    """The ``dgmlab`` modules that ``paths`` import directly (``from dgmlab.models.vae import VAE``): the lab's
+    checks and export run them, so they belong in the fingerprint too."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "dgmlab":
+                    continue
+                if parts[1:2] == ["grading"]:
+                    continue  # already in grader_sources()
+                base = PACKAGE_DIR.joinpath(*parts[1:])
+                for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                    if candidate.is_file():
+                        found.add(candidate)
+    return sorted(found)
+
+
+def code_fingerprint(paths: list[Path]) -> str:
+    """A short SHA-256 over the names and contents of ``paths`` (in the order given)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _load_checks(path: Path, lab: str) -> tuple[dict[tuple[str, str], Callable], Callable | None]:

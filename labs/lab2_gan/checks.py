@@ -20,6 +20,7 @@ from dgmlab.grading.judge import (
     load_state_dict,
     scalar,
 )
+from dgmlab.metrics import mean_image_distance  # 1000 samples of G from seed 0 against x
 from dgmlab.models.gan import Discriminator, GANConfig, Generator
 
 SMALL = GANConfig(z_dim=8, g_hidden=(32,), d_hidden=(32,), batch_norm=False, dropout=0.0)
@@ -207,12 +208,6 @@ def _(data, ctx):
 @check("training", "budget")
 def _(data, ctx):
     expect_budget(data.get("history"), ctx.budget)
-
-
-def mean_image_distance(G: Generator, x: torch.Tensor, n: int = 1000) -> float:
-    """L2 distance between the mean of ``n`` samples of ``G`` (fixed noise) and the mean image of ``x``."""
-    samples = G.sample(n, generator=torch.Generator().manual_seed(0))
-    return (samples.mean(0) - x.mean(0)).norm().item()
 
 
 @check("training", "samples_quality")

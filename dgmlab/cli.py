@@ -38,9 +38,15 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", choices=("auto", "embedded", "full"), default="auto", help="which MNIST (default: auto)")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+def _add_data_args(p: argparse.ArgumentParser, saved: bool = False) -> None:
+    if saved:  # eval: by default the data the checkpoint was trained on
+        p.add_argument("--source", choices=("auto", "embedded", "full"), default=None,
+                       help="which MNIST (default: the one the checkpoint was trained on)")
+        p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default=None,
+                       help="default: the checkpoint's dataset")
+    else:
+        p.add_argument("--source", choices=("auto", "embedded", "full"), default="auto", help="which MNIST")
+        p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
     p.add_argument("--root", type=Path, default=None, help="data root for full datasets (default $DGMLAB_DATA)")
 
 
@@ -51,10 +57,11 @@ def cmd_train_vae(args) -> int:
     import matplotlib.pyplot as plt
     import torch
 
+    from dgmlab.checkpoint import save_checkpoint
     from dgmlab.data import load_mnist
-    from dgmlab.models.vae import VAE, VAEConfig
+    from dgmlab.models.vae import VAE, VAEConfig, VAETrainConfig
     from dgmlab.plot import plot_history, show_images
-    from dgmlab.train import TrainConfig, save_checkpoint, train_vae
+    from dgmlab.train import train_vae
     from dgmlab.utils import atomic_write_text, get_device
 
     binarize = args.binarize if args.likelihood == "bernoulli" else "none"
@@ -67,14 +74,17 @@ def cmd_train_vae(args) -> int:
     model = VAE(config)
     device = get_device(args.device)
     print(f"training a {config} on {len(train)} {train.name} images ({train.source}) on {device}")
-    tc = TrainConfig(args.epochs, args.batch_size, args.lr, args.seed, str(device), args.beta)
+    tc = VAETrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=str(device), beta=args.beta
+    )
     history = train_vae(model, train, val, tc, progress=not args.no_progress)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint.pt", model, history, {"data": train.name, "source": train.source})
+    extra = {"dataset": args.dataset, "source": train.source, "binarize": binarize}
+    save_checkpoint(out / "checkpoint.pt", model, history, tc, train, extra)
     atomic_write_text(out / "history.json", json.dumps(history, indent=2))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    show_images(model.sample(64, generator=torch.Generator(device=device).manual_seed(0)), 8, axes[0], "samples")
+    show_images(model.sample(64, generator=torch.Generator().manual_seed(args.seed)), 8, axes[0], "samples")
     plot_history(history, ax=axes[1])
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=100)
@@ -87,19 +97,33 @@ def cmd_train_vae(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
+    from dgmlab.checkpoint import CheckpointError, load_checkpoint
     from dgmlab.data import load_mnist
     from dgmlab.evaluate import evaluate_elbo, iwae_log_likelihood
-    from dgmlab.train import load_checkpoint
+    from dgmlab.models.vae import VAE
 
-    model, _, _ = load_checkpoint(args.checkpoint, args.device)
-    binarize = "static-sample" if model.config.likelihood == "bernoulli" else "none"
-    data = load_mnist(args.split, args.source, binarize, args.root, dataset=args.dataset)
-    x = data.x[: args.n] if args.n else data.x
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
-    elbo = evaluate_elbo(model, x)["elbo"]
-    ll = iwae_log_likelihood(model, x, k=args.k, generator=g, progress=not args.no_progress)
-    print(f"{data.name} ({data.source}, {len(x)} images): ELBO {elbo:.2f} nats, IWAE log p(x) estimate "
-          f"(k={args.k}) {ll.mean().item():.2f} +- {ll.std().item() / len(ll) ** 0.5:.2f} nats")
+    checkpoint = load_checkpoint(args.checkpoint, args.device)
+    vaes = {name: m for name, m in checkpoint.modules.items() if isinstance(m, VAE)}
+    if not vaes:
+        held = ", ".join(f"{name} ({type(m).__name__})" for name, m in checkpoint.modules.items())
+        raise CheckpointError(
+            f"{args.checkpoint} holds {held}; `dgmlab eval` estimates log p(x) of VAE checkpoints only "
+            "(those written by `dgmlab train vae` or holding a VAE)"
+        )
+    saved = checkpoint.extra
+    dataset = args.dataset or saved.get("dataset", "mnist")
+    source = args.source or saved.get("source", "auto")
+    for name, model in vaes.items():
+        binarize = "static-sample" if model.config.likelihood == "bernoulli" else "none"
+        data = load_mnist(args.split, source, binarize, args.root, dataset=dataset, seed=args.seed)
+        x = data.x[: args.n] if args.n else data.x
+        g = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+        elbo = evaluate_elbo(model, x, seed=args.seed)["elbo"]
+        ll = iwae_log_likelihood(model, x, k=args.k, generator=g, progress=not args.no_progress)
+        label = "" if len(checkpoint.modules) == 1 else f"{name}: "
+        print(f"{label}{data.name} ({data.source}, {len(x)} images, seed {args.seed}): ELBO {elbo:.2f} nats, "
+              f"IWAE log p(x) estimate (k={args.k}) {ll.mean().item():.2f} +- "
+              f"{ll.std().item() / len(ll) ** 0.5:.2f} nats")
     return 0
 
 
@@ -145,16 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     vae.set_defaults(func=cmd_train_vae)
 
     ev = sub.add_parser(
-        "eval", help="estimate log p(x) of a checkpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        "eval", help="estimate log p(x) of a VAE checkpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--k", type=positive_int, default=5000, help="importance samples per image")
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
     ev.add_argument("--n", type=positive_int, default=None, help="evaluate the first N images only")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="seeds the test binarisation and the importance samples")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--no-progress", action="store_true")
-    _add_data_args(ev)
+    _add_data_args(ev, saved=True)
     ev.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -176,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dgmlab.checkpoint import CheckpointError
     from dgmlab.data import DataError
-    from dgmlab.train import CheckpointError, NonFiniteLossError
+    from dgmlab.train import NonFiniteLossError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -22,9 +22,11 @@ Pixels are float32 in [0, 1], flattened to 784. Binarisation (``binarize=``): ``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import io
+import math
 import struct
 import sys
 from collections.abc import Iterator
@@ -172,6 +174,10 @@ class Split:
         name: ``"mnist/train"`` and so on.
         source: ``"embedded"`` or ``"full"``.
         binarize: the binarisation mode; ``"dynamic"`` is applied when batches are drawn.
+        info: where the data came from.
+        image_shape: the shape of one example as an image, ``(1, 28, 28)`` for MNIST (channels, height, width), so
+            that convolutional models can view a batch ``x`` as ``x.view(-1, *image_shape)``; for data that are not
+            images, ``(D,)``. Inferred from ``x`` when not given.
     """
 
     x: torch.Tensor
@@ -180,9 +186,26 @@ class Split:
     source: str
     binarize: str = "none"
     info: dict = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 2:
+            raise DataError(f"Split.x must be [N, D] (flattened examples), got shape {tuple(self.x.shape)}")
+        if self.image_shape is None:
+            self.image_shape = (1, 28, 28) if self.x.shape[1] == 784 else (self.x.shape[1],)
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+        if math.prod(self.image_shape) != self.x.shape[1]:
+            raise DataError(
+                f"image_shape {self.image_shape} holds {math.prod(self.image_shape)} values, "
+                f"but each example of {self.name} has {self.x.shape[1]}"
+            )
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def images(self) -> torch.Tensor:
+        """``x`` viewed as images ``[N, *image_shape]`` (no copy)."""
+        return self.x.view(-1, *self.image_shape)
 
     def batches(self, batch_size: int = 128, shuffle: bool = True, device="cpu", seed: int = 0) -> Batches:
         """Mini-batches of this split (see :class:`Batches`); dynamic binarisation follows ``self.binarize``."""
@@ -191,7 +214,11 @@ class Split:
 
     def subset(self, n: int) -> Split:
         """The first ``n`` examples (the split is already shuffled and stratified for the embedded source)."""
-        return Split(self.x[:n], self.y[:n], self.name, self.source, self.binarize, dict(self.info))
+        return dataclasses.replace(self, x=self.x[:n], y=self.y[:n], info=dict(self.info))
+
+    def signature(self) -> dict:
+        """What identifies these data for :func:`dgmlab.checkpoint.load_or_train`: name, source, size, binarisation."""
+        return {"name": self.name, "source": self.source, "n": len(self), "binarize": self.binarize}
 
 
 def _check_choice(what: str, value, choices: tuple) -> str:

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dgmlab.distributions import log_normal_diag, log_standard_normal
+from dgmlab.utils import eval_mode, module_device
 
 CHUNK_FLOATS = 1 << 23  # ~32 MB of float32 decoder outputs per chunk
 
@@ -45,17 +46,15 @@ def evaluate_elbo(model, data, batch_size: int = 500, seed: int = 1234) -> dict:
 
     Noise and dynamic binarisation use ``seed``, so the same model gives the same numbers every time.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     g = torch.Generator(device=device).manual_seed(seed)
     sums, n = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
-    for x in _split_x(data, batch_size, seed):
-        terms = model.loss(x.to(device), generator=g)
-        for key in sums:
-            sums[key] += getattr(terms, key).sum().item()
-        n += x.shape[0]
-    model.train(was_training)
+    with eval_mode(model):
+        for x in _split_x(data, batch_size, seed):
+            terms = model.loss(x.to(device), generator=g)
+            for key in sums:
+                sums[key] += getattr(terms, key).sum().item()
+            n += x.shape[0]
     return {k: v / n for k, v in sums.items()}
 
 
@@ -87,8 +86,12 @@ def iwae_log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    model.eval()
-    device = next(model.parameters()).device
+    with eval_mode(model):
+        return _iwae(model, x, k, batch_size, generator, progress)
+
+
+def _iwae(model, x, k, batch_size, generator, progress) -> torch.Tensor:
+    device = module_device(model)
     out = []
     for xb in tqdm(torch.split(x, batch_size), disable=not progress, desc=f"IWAE k={k}"):
         xb = xb.to(device)
@@ -115,8 +118,12 @@ def naive_mc_log_likelihood(
     """
     if S < 1:
         raise ValueError(f"S must be at least 1, got {S}")
-    model.eval()
-    device = next(model.parameters()).device
+    with eval_mode(model):
+        return _naive_mc(model, x, S, batch_size, generator, progress)
+
+
+def _naive_mc(model, x, S, batch_size, generator, progress) -> torch.Tensor:
+    device = module_device(model)
     z_dim = model.config.z_dim
     out = []
     for xb in tqdm(torch.split(x, batch_size), disable=not progress, desc=f"naive MC S={S}"):

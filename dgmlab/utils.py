@@ -1,11 +1,14 @@
-"""Small shared helpers: devices, seeds, the fast-mode switch, cache folders and atomic writes."""
+"""Small shared helpers: devices, seeds, noise, train/eval modes, the fast-mode switch, cache folders and atomic
+writes."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,49 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available here; use device='auto' or 'cpu'")
     return dev
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for a module that has neither."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def randn(*shape: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    """Standard normal noise drawn on the CPU, then moved to ``device``: the one sampling rule of dgmlab.
+
+    Drawing on the CPU makes a seeded ``generator`` give the same numbers whatever device the model is on.
+
+    Args:
+        shape: the shape, e.g. ``randn(n, z_dim)``.
+        generator: a CPU ``torch.Generator`` (``None``: PyTorch's global CPU generator).
+        device: where the noise goes.
+
+    Raises:
+        ValueError: when ``generator`` lives on another device than the CPU.
+    """
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"dgmlab draws noise on the CPU, but the generator given lives on {generator.device}; "
+            "pass torch.Generator().manual_seed(seed) (a CPU generator) instead"
+        )
+    return torch.randn(shape, generator=generator).to(device)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode (dropout off, batch norm on its running statistics) without gradients, and
+    restore the train/eval mode each had afterwards, also when the body raises."""
+    was = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, was):
+            m.train(mode)
 
 
 def seed_everything(seed: int) -> None:

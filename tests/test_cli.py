@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
+from dgmlab.checkpoint import load_checkpoint, save_checkpoint
 from dgmlab.cli import main
-from dgmlab.train import load_checkpoint
+from dgmlab.models.gan import Discriminator, Generator
 
 
 def test_train_then_eval(tmp_path, capsys):
@@ -19,14 +20,26 @@ def test_train_then_eval(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "history.json", "samples.png"}
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and history[0]["val_elbo"] < 0
-    model, saved_history, extra = load_checkpoint(out / "checkpoint.pt")
-    assert model.config.z_dim == 2 and saved_history == history and extra["source"] == "embedded"
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck.model.config.z_dim == 2 and ck.history == history and ck.extra["source"] == "embedded"
+    assert ck.train_config["epochs"] == 1 and ck.data["n"] == 500
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    assert main(["eval", str(out / "checkpoint.pt"), "--k", "20", "--n", "30", "--source", "embedded",
-                 "--no-progress"]) == 0
-    line = capsys.readouterr().out
-    assert "IWAE log p(x) estimate (k=20)" in line and "30 images" in line
+    # the data default to the checkpoint's (embedded here), and --seed changes the estimate
+    lines = []
+    for seed in (0, 0, 1):
+        assert main(["eval", str(out / "checkpoint.pt"), "--k", "20", "--n", "30", "--no-progress",
+                     "--seed", str(seed)]) == 0
+        lines.append(capsys.readouterr().out)
+    assert "IWAE log p(x) estimate (k=20)" in lines[0] and "(embedded, 30 images, seed 0)" in lines[0]
+    assert lines[0] == lines[1] and lines[1] != lines[2]
+
+
+def test_eval_of_a_gan_checkpoint_says_what_it_evaluates(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "gan.pt", {"G": Generator(), "D": Discriminator()})
+    assert main(["eval", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds G (Generator), D (Discriminator)" in err and "VAE checkpoints only" in err
 
 
 @pytest.mark.parametrize(

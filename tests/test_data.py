@@ -10,6 +10,7 @@ import torch
 from dgmlab.data import (
     Batches,
     DataError,
+    Split,
     find_full_files,
     load_mnist,
     read_idx,
@@ -188,3 +189,17 @@ def test_real_fashion_mnist_files_gzipped_and_plain(tmp_path):
 def test_fashion_mnist_has_no_embedded_subset():
     with pytest.raises(DataError, match="no embedded subset"):
         load_mnist("train", source="embedded", dataset="fashion-mnist")
+
+
+def test_splits_carry_an_image_shape(embedded):
+    train = embedded["train"]
+    assert train.image_shape == (1, 28, 28)
+    images = train.images()
+    assert images.shape == (4000, 1, 28, 28) and images.data_ptr() == train.x.data_ptr()
+    assert train.subset(10).image_shape == (1, 28, 28)
+    assert Split(torch.zeros(5, 2), torch.zeros(5), "ring", "toy").image_shape == (2,)
+    with pytest.raises(DataError, match=r"image_shape \(1, 27, 27\) holds 729 values"):
+        Split(torch.zeros(5, 784), torch.zeros(5), "x", "t", image_shape=(1, 27, 27))
+    with pytest.raises(DataError, match=r"must be \[N, D\]"):
+        Split(torch.zeros(5, 28, 28), torch.zeros(5), "x", "t")
+    assert train.signature() == {"name": "mnist/train", "source": "embedded", "n": 4000, "binarize": "none"}

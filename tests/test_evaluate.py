@@ -99,3 +99,16 @@ def test_evaluate_elbo_is_deterministic():
     model = VAE(VAEConfig(hidden_dims=(16,), z_dim=2))
     x = torch.rand(50, 784).round()
     assert evaluate_elbo(model, x) == evaluate_elbo(model, x)
+
+
+@pytest.mark.parametrize("mode", [True, False], ids=["train", "eval"])
+def test_estimators_restore_the_mode_they_found(mode):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden_dims=(16,), z_dim=2)).train(mode)
+    x = torch.rand(5, 784).round()
+    iwae_log_likelihood(model, x, k=3)
+    assert model.training is mode
+    naive_mc_log_likelihood(model, x, S=3)
+    assert model.training is mode
+    evaluate_elbo(model, x)
+    assert model.training is mode

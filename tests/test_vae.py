@@ -109,3 +109,13 @@ def test_gaussian_reconstruction_is_a_scaled_squared_error():
 def test_bad_configs_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**kwargs)
+
+
+def test_keyword_overrides_apply_to_the_given_config():
+    model = VAE(VAEConfig(hidden_dims=(16,)), z_dim=5)
+    assert model.config.z_dim == 5 and model.config.hidden_dims == (16,) and model.to_mu.out_features == 5
+    assert VAE(z_dim=3).config.z_dim == 3
+    with pytest.raises(TypeError, match="unknown config fields"):
+        VAE(VAEConfig(), latent=5)
+    with pytest.raises(ValueError, match="positive"):
+        VAE(VAEConfig(), z_dim=0)

@@ -1,7 +1,8 @@
 """A generative adversarial network with MLP generator and discriminator (Goodfellow et al., 2014).
 
 Read top to bottom: the config, the generator ``G``, the discriminator ``D``, the losses as small pure functions
-computed from logits, one discriminator step, one generator step, and a plain training loop.
+computed from logits, one discriminator step, one generator step, and :class:`GANStep`, which does one of each per
+batch for :func:`dgmlab.train.fit`.
 
 Notation (as in the book): ``z`` ~ N(0, I) is the noise, ``G(z)`` a generated image in [0, 1]^784, ``D(x)`` the
 discriminator's *logit* that ``x`` is real, so the probability is ``sigmoid(D(x))``.
@@ -12,17 +13,17 @@ References:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from dgmlab.models.mlp import mlp
+from dgmlab.step import TrainConfig, adam
+from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 __all__ = [
     "GANConfig",
@@ -34,8 +35,7 @@ __all__ = [
     "generator_loss_saturating",
     "discriminator_step",
     "generator_step",
-    "GANSnapshots",
-    "train_gan",
+    "GANStep",
 ]
 
 
@@ -84,16 +84,19 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z))  # [B, x_dim]
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` images in eval mode: ``z ~ N(0, I)``, ``x = G(z)``. Returns [n, x_dim] on the model's device."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.config.z_dim, generator=generator, device="cpu").to(device)
-        was = self.training
-        self.eval()
-        x = self(z)
-        self.train(was)
-        return x
+        """Draw ``n`` images ``x = G(z)``, ``z ~ N(0, I)``: [n, x_dim] on the model's device.
+
+        The noise comes from the CPU ``generator`` and moves to the model's device; G runs in eval mode (batch norm
+        on its running statistics) without gradients, and its train/eval mode is restored afterwards.
+        """
+        return self.generate(randn(n, self.config.z_dim, generator=generator))
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """``G(z)`` for given noise [B, z_dim] (moved to the model's device), in eval mode without gradients; the
+        train/eval mode is restored. For interpolations in latent space."""
+        with eval_mode(self):
+            return self(z.to(module_device(self)))
 
 
 class Discriminator(nn.Module):
@@ -161,178 +164,136 @@ def generator_loss_saturating(d_fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def discriminator_step(
-    G: Generator, D: Discriminator, opt_D: torch.optim.Optimizer, x: torch.Tensor, z: torch.Tensor
-) -> float:
-    """One gradient step on ``D`` with ``G`` fixed.
+    D: Discriminator, opt_D: torch.optim.Optimizer, x: torch.Tensor, x_fake: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One gradient step on ``D`` with the generator fixed: minimise :func:`discriminator_loss`.
 
     Args:
-        G, D: the two networks.
+        D: the discriminator.
         opt_D: optimizer over ``D``'s parameters only.
         x: a batch of data [B, x_dim].
-        z: a batch of noise [B', z_dim].
+        x_fake: generated images [B', x_dim]; detached here, so no gradient reaches ``G``.
 
     Returns:
-        The discriminator loss before the step, as a float.
+        ``d_loss`` (before the step), ``d_real`` and ``d_fake`` (mean D probability on real and fake images, as
+        seen by this step, in D's current mode), each a detached 0-d tensor.
     """
-    with torch.no_grad():
-        x_fake = G(z)  # G is fixed in this step: no graph through it
-    loss = discriminator_loss(D(x), D(x_fake))
+    l_real, l_fake = D(x), D(x_fake.detach())
+    loss = discriminator_loss(l_real, l_fake)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
-    return float(loss.detach())
+    return {
+        "d_loss": loss.detach(),
+        "d_real": torch.sigmoid(l_real.detach()).mean(),
+        "d_fake": torch.sigmoid(l_fake.detach()).mean(),
+    }
 
 
-def generator_step(G: Generator, D: Discriminator, opt_G: torch.optim.Optimizer, z: torch.Tensor) -> float:
-    """One gradient step on ``G`` with the non-saturating loss; ``D``'s parameters are not updated.
+def generator_step(
+    D: Discriminator,
+    opt_G: torch.optim.Optimizer,
+    x_fake: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] = None,
+) -> dict[str, torch.Tensor]:
+    """One gradient step on ``G`` through a fixed ``D``: minimise the generator loss of ``x_fake = G(z)``.
+
+    ``D``'s parameters are frozen during the backward pass, so only ``G``'s gradients are computed (no work is
+    wasted on gradients that the next discriminator step would throw away).
 
     Args:
-        G, D: the two networks.
+        D: the discriminator.
         opt_G: optimizer over ``G``'s parameters only.
-        z: a batch of noise [B, z_dim].
+        x_fake: ``G(z)`` with its graph, [B, x_dim].
+        loss_fn: the generator loss of D's logits (default: :func:`generator_loss_nonsaturating`).
 
     Returns:
-        The generator loss before the step, as a float.
+        ``g_loss`` (before the step), a detached 0-d tensor.
     """
-    loss = generator_loss_nonsaturating(D(G(z)))
-    opt_G.zero_grad(set_to_none=True)
-    loss.backward()  # also fills D's .grad; opt_D.zero_grad clears it before D's next step
+    loss_fn = loss_fn or generator_loss_nonsaturating
+    D.requires_grad_(False)
+    try:
+        loss = loss_fn(D(x_fake))
+        opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+    finally:
+        D.requires_grad_(True)
     opt_G.step()
-    return float(loss.detach())
+    return {"g_loss": loss.detach()}
 
 
-# --- Training loop --------------------------------------------------------------------------------------------
+# --- Training: one batch = a discriminator step, then a generator step -------------------------------------------
+
+GENERATOR_LOSSES = {"nonsaturating": generator_loss_nonsaturating, "saturating": generator_loss_saturating}
 
 
 @dataclass
-class GANTrainConfig:
-    """Settings of :func:`train_gan` (saved with checkpoints).
+class GANTrainConfig(TrainConfig):
+    """:class:`~dgmlab.step.TrainConfig` with the GAN's defaults and the choice of generator loss.
 
     Args:
-        epochs: passes over the training images.
-        batch_size: images per step.
-        lr: Adam learning rate for both players.
-        betas: Adam betas; (0.5, 0.999) as in DCGAN (Radford et al., 2016).
-        seed: seeds the batch order, the noise and nothing else (no global RNG is touched).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        epochs, batch_size, seed, device, compile: as in :class:`~dgmlab.step.TrainConfig`.
+        lr: Adam learning rate for both players (2e-4) and betas (0.5, 0.999), as in DCGAN (Radford et al., 2016).
+        generator_loss: ``"nonsaturating"`` (maximise log D(G(z))) or ``"saturating"`` (minimise
+            log(1 - D(G(z))), the minimax game as written).
     """
 
     epochs: int = 30
-    batch_size: int = 128
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = 0
-    device: str = "auto"
+    generator_loss: str = "nonsaturating"
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size <= 0 or self.lr <= 0:
-            raise ValueError(f"GANTrainConfig needs epochs >= 0, batch_size > 0 and lr > 0, got {self}")
+        super().__post_init__()
+        if self.generator_loss not in GENERATOR_LOSSES:
+            raise ValueError(f"generator_loss must be one of {tuple(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
 
 
-@dataclass
-class GANSnapshots:
-    """Callback that keeps ``n`` samples from fixed noise at chosen epochs (epoch 0 = before training).
+class GANStep:
+    """One batch of GAN training: a discriminator step on real and generated images, then a generator step on the
+    same generated images (Goodfellow et al. 2014, algorithm 1 with k = 1).
 
-    After training, ``snapshots`` maps epoch -> images [n, x_dim] on the CPU.
+    The noise is drawn on a CPU generator seeded from ``config.seed`` (the same run on any device). Returns
+    ``d_loss``, ``g_loss``, ``d_real``, ``d_fake`` per batch; ``evaluate(split)`` measures D's probabilities on
+    held-out images and on fresh samples in eval mode, without touching batch-norm statistics.
     """
 
-    epochs: Iterable[int]
-    n: int = 25
-    seed: int = 0
-    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, G: Generator, D: Discriminator, config: GANTrainConfig | None = None):
+        config = config or GANTrainConfig()
+        self.config, self.device = config, get_device(config.device)
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        self.modules = {"G": self.G, "D": self.D}
+        self.opt_G, self.opt_D = adam(self.G.parameters(), config), adam(self.D.parameters(), config)
+        self.generator_loss = GENERATOR_LOSSES[getattr(config, "generator_loss", "nonsaturating")]
+        self.noise = torch.Generator().manual_seed(config.seed)
 
-    def __post_init__(self) -> None:
-        self.epochs = set(int(e) for e in self.epochs)
-        self._z: torch.Tensor | None = None
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # at least 2 noise vectors: batch norm in G cannot normalise a batch of one (a last batch of 1 image)
+        z = randn(max(len(x), 2), self.G.config.z_dim, generator=self.noise, device=self.device)  # [B, z_dim]
+        x_fake = self.G(z)  # [B, x_dim], with its graph for the generator step
+        terms = discriminator_step(self.D, self.opt_D, x, x_fake)
+        terms.update(generator_step(self.D, self.opt_G, x_fake, self.generator_loss))
+        return terms
 
-    def __call__(self, epoch: int, G: Generator, D: Discriminator, history: list[dict]) -> None:
-        if epoch not in self.epochs:
-            return
-        if self._z is None:
-            self._z = torch.randn(self.n, G.config.z_dim, generator=torch.Generator().manual_seed(self.seed))
-        device = next(G.parameters()).device
-        was_training = G.training
-        G.eval()
-        with torch.no_grad():
-            self.snapshots[epoch] = G(self._z.to(device)).cpu()
-        G.train(was_training)
+    def evaluate(self, split, seed: int = 1234, batch_size: int = 500) -> dict[str, float]:
+        """D's mean probability on ``split``'s images (``d_real``) and on as many samples of G (``d_fake``), and the
+        two losses, all in eval mode (no dropout, batch norm on running statistics, statistics not updated)."""
+        g = torch.Generator().manual_seed(seed)
+        sums, n = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}, 0
+        with eval_mode(self.G, self.D):
+            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=seed):
+                l_real = self.D(x)
+                l_fake = self.D(self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device)))
+                batch = {
+                    "d_loss": discriminator_loss(l_real, l_fake),
+                    "g_loss": self.generator_loss(l_fake),
+                    "d_real": torch.sigmoid(l_real).mean(),
+                    "d_fake": torch.sigmoid(l_fake).mean(),
+                }
+                for key, value in batch.items():
+                    sums[key] += float(value) * len(x)
+                n += len(x)
+        return {k: v / n for k, v in sums.items()}
 
-
-def train_gan(
-    G: Generator,
-    D: Discriminator,
-    x_train: torch.Tensor,
-    config: GANTrainConfig | None = None,
-    callbacks: Sequence[Callable[[int, Generator, Discriminator, list[dict]], None]] = (),
-    progress: bool = True,
-) -> list[dict]:
-    """Train ``G`` and ``D`` by alternating one discriminator step and one generator step per batch.
-
-    Args:
-        G, D: the networks (moved to ``config.device``).
-        x_train: training images [N, x_dim] in [0, 1].
-        config: a :class:`GANTrainConfig`.
-        callbacks: called as ``cb(epoch, G, D, history)`` before training (epoch 0) and after every epoch.
-        progress: show a tqdm bar over epochs.
-
-    Returns:
-        History, one dict per epoch: ``epoch``, ``d_loss``, ``g_loss`` (means over the epoch's batches),
-        ``d_real`` and ``d_fake`` (mean D probability on the last batch's real and fake images), ``seconds``.
-
-    Raises:
-        ValueError: on a wrongly shaped ``x_train``.
-        FloatingPointError: when a loss becomes NaN or infinite.
-    """
-    from dgmlab.utils import get_device
-
-    config = config or GANTrainConfig()
-    if x_train.dim() != 2 or x_train.shape[1] != G.config.x_dim:
-        raise ValueError(f"x_train must have shape [N, {G.config.x_dim}], got {tuple(x_train.shape)}")
-    device = get_device(config.device)
-    G.to(device)
-    D.to(device)
-    opt_G = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=config.lr, betas=config.betas)
-    rng = torch.Generator().manual_seed(config.seed)  # batch order and noise, on the CPU for reproducibility
-    history: list[dict] = []
-    for cb in callbacks:
-        cb(0, G, D, history)
-    bar = tqdm(range(1, config.epochs + 1), desc="GAN", unit="epoch", disable=not progress)
-    for epoch in bar:
-        start = time.perf_counter()
-        G.train()
-        D.train()
-        d_losses, g_losses = [], []
-        perm = torch.randperm(x_train.shape[0], generator=rng)
-        for i in range(0, x_train.shape[0], config.batch_size):
-            x = x_train[perm[i : i + config.batch_size]].to(device)  # [B, x_dim]
-            z = torch.randn(x.shape[0], G.config.z_dim, generator=rng).to(device)  # [B, z_dim]
-            d_losses.append(discriminator_step(G, D, opt_D, x, z))
-            z = torch.randn(x.shape[0], G.config.z_dim, generator=rng).to(device)
-            g_losses.append(generator_step(G, D, opt_G, z))
-            if not (torch.isfinite(torch.tensor(d_losses[-1])) and torch.isfinite(torch.tensor(g_losses[-1]))):
-                raise FloatingPointError(
-                    f"GAN loss became non-finite at epoch {epoch} (d_loss={d_losses[-1]}, g_loss={g_losses[-1]}); "
-                    "try a smaller lr"
-                )
-        with torch.no_grad():
-            d_real = torch.sigmoid(D(x)).mean().item()
-            d_fake = torch.sigmoid(D(G(z))).mean().item()
-        record = {
-            "epoch": epoch,
-            "d_loss": sum(d_losses) / len(d_losses),
-            "g_loss": sum(g_losses) / len(g_losses),
-            "d_real": d_real,
-            "d_fake": d_fake,
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(record)
-        bar.set_postfix(d_loss=f"{record['d_loss']:.3f}", g_loss=f"{record['g_loss']:.3f}")
-        for cb in callbacks:
-            cb(epoch, G, D, history)
-    return history
-
-
-def config_dict(config: GANConfig) -> dict:
-    """The config as a plain dict (for checkpoints and JSON)."""
-    return asdict(config)
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.G.sample(n, generator)

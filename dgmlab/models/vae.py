@@ -13,6 +13,7 @@ The loss minimised is ``recon + beta * kl`` averaged over the batch, with ``reco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -27,7 +28,10 @@ from dgmlab.distributions import (
     log_continuous_bernoulli,
     log_normal_diag,
 )
+from dgmlab.evaluate import evaluate_elbo
 from dgmlab.models.mlp import mlp
+from dgmlab.step import TrainConfig, adam, batch_mean
+from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
@@ -139,7 +143,13 @@ class VAE(nn.Module):
 
     def __init__(self, config: VAEConfig | None = None, **overrides):
         super().__init__()
-        config = config or VAEConfig(**overrides)
+        config = config or VAEConfig()
+        if overrides:  # VAE(VAEConfig(), z_dim=5): the keyword wins (validated like any config)
+            unknown = set(overrides) - {f.name for f in dataclasses.fields(VAEConfig)}
+            if unknown:
+                fields = [f.name for f in dataclasses.fields(VAEConfig)]
+                raise TypeError(f"VAE got unknown config fields {sorted(unknown)}; VAEConfig has {fields}")
+            config = dataclasses.replace(config, **overrides)
         self.config = config
         self.encoder = mlp([config.x_dim, *config.hidden_dims], ACTIVATIONS[config.activation])
         if config.hidden_dims:  # the heads below are linear, so the last hidden layer keeps its activation
@@ -183,19 +193,75 @@ class VAE(nn.Module):
         """E[x | z] from the decoder output (see :func:`decoder_mean`)."""
         return decoder_mean(x_logits, self.config.likelihood)
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Ancestral sampling: z ~ N(0, I), then the decoder mean E[x | z]. Returns ``[n, x_dim]``."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.config.z_dim, generator=generator, device=device)
-        return self.mean(self.decode(z))
+        """Ancestral sampling: z ~ N(0, I), then the decoder mean E[x | z]. Returns ``[n, x_dim]``.
 
-    @torch.no_grad()
+        The sampling rule of every dgmlab model: z is drawn with the CPU ``generator`` (so a seed gives the same
+        images on any device), moved to the model's device, decoded in eval mode without gradients, and the
+        train/eval mode the model had is restored.
+        """
+        z = randn(n, self.config.z_dim, generator=generator, device=module_device(self))
+        return self.decode_mean(z)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] for latent codes ``z`` [B, z_dim] (moved to the model's device), in eval mode, no gradients."""
+        with eval_mode(self):
+            return self.mean(self.decode(z.to(module_device(self))))
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder mean at the posterior mean: E[x | z = mu_phi(x)]. ``[B, x_dim] -> [B, x_dim]``."""
-        mu, _ = self.encode(x)
-        return self.mean(self.decode(mu))
+        """Decoder mean at the posterior mean: E[x | z = mu_phi(x)]. ``[B, x_dim] -> [B, x_dim]`` (eval mode, no
+        gradients, on the model's device; the train/eval mode is restored)."""
+        with eval_mode(self):
+            mu, _ = self.encode(x.to(module_device(self)))
+            return self.mean(self.decode(mu))
 
     def config_dict(self) -> dict:
         """The config as plain data (saved inside checkpoints)."""
         return asdict(self.config)
+
+
+# --- Training ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VAETrainConfig(TrainConfig):
+    """:class:`~dgmlab.step.TrainConfig` plus ``beta``, the weight of the KL term (1 = VAE, > 1 = beta-VAE)."""
+
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta < 0:
+            raise ValueError(f"beta >= 0 is required, got {self.beta}")
+
+
+class VAEStep:
+    """One Adam step on the negative ELBO ``mean(recon + beta * kl)`` of a batch (see :func:`elbo_terms`).
+
+    Returns the batch means of ``elbo``, ``recon`` and ``kl`` (nats per example); ``evaluate(split)`` gives the
+    same terms on held-out data (one fixed noise sample, eval mode).
+    """
+
+    def __init__(self, model: VAE, config: TrainConfig | None = None):
+        config = config or VAETrainConfig()
+        if not isinstance(config, VAETrainConfig):  # a plain TrainConfig trains a VAE with beta = 1
+            config = VAETrainConfig(**asdict(config))
+        self.config, self.device = config, get_device(config.device)
+        self.model = model.to(self.device)
+        self.modules = {"model": self.model}
+        self.optimizer = adam(self.model.parameters(), config)
+        self.noise = torch.Generator(device=self.device).manual_seed(config.seed)  # the reparameterisation noise
+        self.loss = torch.compile(self.model.loss, dynamic=True) if config.compile else self.model.loss
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = self.loss(x, self.config.beta, self.noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        self.optimizer.step()
+        return {"elbo": batch_mean(terms.elbo), "recon": batch_mean(terms.recon), "kl": batch_mean(terms.kl)}
+
+    def evaluate(self, split) -> dict[str, float]:
+        return evaluate_elbo(self.model, split, batch_size=max(self.config.batch_size, 500))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.model.sample(n, generator)

@@ -41,6 +41,7 @@ EXPECTED_LAB1 = {
     "syntax_and_missing": ("graded", {**FULL1, "manifold": 0, "answers": 0}, "syntax error in cell"),
     "hang": ("graded", NO_TRAINING, "time limit of 75 s"),
     "memory_bomb": ("graded", NO_TRAINING, "memory limit of 3000 MB"),
+    "dataloader_workers": ("graded", FULL1, "100 / 100"),
     "os_exit": ("graded", NO_TRAINING, "kernel died"),
     "sys_exit": ("graded", NO_TRAINING, "called sys.exit()"),
     "forbidden": ("graded", {**FULL1, "reparam": 0, "kl": 0}, "torch.distributions is not allowed"),
@@ -81,6 +82,17 @@ def test_lab1_submission_scores(lab1_batch, student):
     assert _points(r) == points, json.dumps(r["questions"], indent=1)[:3000]
     feedback = (root / "out" / "students" / student / "feedback.md").read_text()
     assert phrase in feedback
+
+
+def test_memory_counts_shared_pages_once_and_still_stops_a_bomb(lab1_batch):
+    results = lab1_batch[2]
+    workers = results["dataloader_workers"]["run"]  # a kernel and six DataLoader workers sharing its pages
+    limit = LIMITS["memory_mb"]
+    assert workers["status"] == "completed"
+    assert workers["peak_rss_mb"] > limit  # what summing RSS counted: the old watchdog killed this correct run
+    assert 0 < workers["peak_pss_mb"] < limit and workers["peak_memory_mb"] <= limit
+    bomb = results["memory_bomb"]["run"]
+    assert bomb["status"] == "memory" and limit < bomb["stopped_at_mb"] < limit + 300, bomb
 
 
 def test_naive_elbo_loses_only_the_stability_check(lab1_batch):

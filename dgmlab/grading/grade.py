@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from dgmlab.grading import report
 from dgmlab.grading.judge import Context, ExportData, Fail
 from dgmlab.grading.lab import Lab, Question
+from dgmlab.grading.memory import MemoryWatch
 from dgmlab.grading.notebook import StaticReport, SubmissionError, definitions_only, parse_notebook, scan
 from dgmlab.grading.runner import kill_descendants
 from dgmlab.utils import atomic_write_text
@@ -112,20 +113,6 @@ def _kernel_env(home: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def _tree_rss_mb(proc: psutil.Process) -> float:
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
-
-
 def kill_tree(pid: int) -> None:
     """Kill the runner's whole tree: descendants first (they re-parent to the runner, a subreaper), then it."""
     kill_descendants(pid)
@@ -148,8 +135,8 @@ def run_notebook(
     """Execute ``nb`` with papermill in a watched process tree (kernel cwd = ``work``).
 
     Returns:
-        ``{"status", "message", "seconds", "peak_rss_mb", "executed"}`` where status is ``completed``,
-        ``timeout``, ``memory``, ``dead_kernel``, ``cell_timeout`` or ``runner_error``.
+        ``{"status", "message", "seconds", "peak_memory_mb", "peak_rss_mb", "peak_pss_mb", "executed"}`` where
+        status is ``completed``, ``timeout``, ``memory``, ``dead_kernel``, ``cell_timeout`` or ``runner_error``.
     """
     staging.mkdir(parents=True, exist_ok=True)
     input_path, output_path = staging / "prepared.ipynb", staging / "executed.ipynb"
@@ -174,13 +161,12 @@ def run_notebook(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        watched = psutil.Process(proc.pid)
-        peak, outcome = 0.0, None
+        watch = MemoryWatch(psutil.Process(proc.pid), memory_mb)
+        outcome, counted = None, 0.0
         while proc.poll() is None:
-            rss = _tree_rss_mb(watched)
-            peak = max(peak, rss)
-            if rss > memory_mb:
-                outcome = "memory"
+            reading = watch.poll()
+            if reading.counted_mb > memory_mb:
+                outcome, counted = "memory", reading.counted_mb
             elif time.perf_counter() - start > total_timeout:
                 outcome = "timeout"
             if outcome:
@@ -189,7 +175,16 @@ def run_notebook(
                 break
             time.sleep(POLL_S)
     seconds = time.perf_counter() - start
-    result = {"status": "completed", "message": "", "seconds": seconds, "peak_rss_mb": round(peak)}
+    result = {
+        "status": "completed",
+        "message": "",
+        "seconds": seconds,
+        "peak_memory_mb": round(watch.peak_mb),  # what the limit counts: PSS over the tree (see memory.py)
+        "peak_rss_mb": round(watch.peak_rss_mb),
+        "peak_pss_mb": round(watch.peak_pss_mb),  # 0 when the RSS sum never reached the limit (PSS not read)
+    }
+    if outcome == "memory":
+        result["stopped_at_mb"] = round(counted)
     if outcome:
         limit = memory_mb if outcome == "memory" else total_timeout
         result.update(status=outcome, message=RUN_REASONS[outcome].format(limit=limit, message=""))

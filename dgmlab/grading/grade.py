@@ -345,23 +345,25 @@ def grade_submission(
     keep: bool = False,
     content: bytes | None = None,
     work_root: Path | None = None,
+    refused: str = "",
 ) -> dict:
     """Grade one submission and write ``out_dir/students/<student>/`` (result.json, feedback.md, executed.ipynb).
 
     Args:
         content: the submission's bytes, read beforehand (default: read ``submission`` now).
         work_root: where the temporary run folders go (default: the system's temporary folder).
+        refused: why the file is not graded at all (e.g. a symbolic link out of the submissions folder), or ''.
 
     Never raises for anything the submission does; returns the result dict.
     """
     start = time.perf_counter()
     folder = out_dir / "students" / student
     folder.mkdir(parents=True, exist_ok=True)
-    if content is None:
+    if content is None and not refused:
         content = _read_bytes(submission)
     result = {
         "student": student,
-        "submission": str(submission),
+        "submission": os.path.abspath(submission),
         "sha256": hashlib.sha256(content).hexdigest() if content is not None else "",
         "lab": lab.name,
         "fingerprint": lab.run_fingerprint(),
@@ -371,11 +373,13 @@ def grade_submission(
         "run": {},
     }
     try:
+        if refused:
+            raise SubmissionError(refused)
         if content is None:
             raise SubmissionError(f"{submission.name}: the file does not exist or cannot be read")
         nb = parse_notebook(content, submission.name)
     except SubmissionError as e:
-        result["status"] = "unreadable"
+        result["status"] = "refused" if refused else "unreadable"
         result["notes"].append(str(e))
         ctx = Context(lab.budget, _CACHE, grader_inputs(lab))
         result["questions"] = judge(lab, ExportData(None, "", str(e)), StaticReport(), ctx)
@@ -524,31 +528,112 @@ def write_student(result: dict, folder: Path) -> None:
 # --- many submissions ----------------------------------------------------------------------------------------
 
 
-def student_ids(submissions: list[Path], lab: Lab) -> list[str]:
-    """A file-system-safe id per submission: the file stem, or the folder name when stems are not unique."""
+def submissions_root(paths: list[Path]) -> Path:
+    """The folder the submissions were handed in: the deepest folder holding all of them."""
+    folders = [os.path.abspath(p.parent) for p in paths]
+    return Path(os.path.commonpath(folders)) if folders else Path.cwd()
+
+
+def _safe_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "submission"
+
+
+def assign_ids(
+    submissions: list[Path], lab: Lab, previous: dict[str, dict] | None = None, root: Path | None = None
+) -> list[tuple[str, str]]:
+    """A unique, stable, file-system-safe id per submission, and a note saying why it is not the file's stem.
+
+    The id is the file stem (``alice.ipynb`` -> ``alice``), or ``<folder>-<stem>`` for a file named like the lab's
+    notebook (``alice/lab1_vae.ipynb`` -> ``alice-lab1_vae``), with characters that are not safe in a folder name
+    replaced by ``_``. When two submissions would get the same id (compared without case,
+    as some file systems do), one keeps it: the one that held it in an earlier run (``previous``), else the one
+    whose name needed no change, first by path; every other gets ``-`` and six hex digits of the SHA-256 of its
+    path relative to ``root``. A suffix never depends on the order of the files, so a resumed run over the same
+    folder gives each file the id it had (a file whose id was held by a file no longer present takes it over: a
+    resubmission).
+    """
+    root = Path(os.path.abspath(root)) if root else submissions_root(submissions)
+    abspaths = [os.path.abspath(p) for p in submissions]
+    rel = [Path(os.path.relpath(a, root)).as_posix() for a in abspaths]
     stems = [p.stem for p in submissions]
-    ids = []
+    wanted = []  # from the file's own path only, so that other files arriving later change nothing
     for p, stem in zip(submissions, stems):
-        name = stem if stems.count(stem) == 1 and stem != lab.notebook.stem else f"{p.parent.name}-{stem}"
-        ids.append(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "submission")
-    seen: dict[str, int] = {}
-    unique = []
-    for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        unique.append(i if seen[i] == 1 else f"{i}_{seen[i]}")
-    return unique
+        name = stem if stem != lab.notebook.stem else f"{p.parent.name}-{stem}"
+        wanted.append((name, _safe_id(name)))
+    owner = {}  # id (lower case) -> absolute path of the submission that held it in an earlier run
+    for sid, r in (previous or {}).items():
+        if r.get("submission"):
+            owner[sid.lower()] = os.path.abspath(str(r["submission"]))
+    groups: dict[str, list[int]] = {}
+    for i, (_, safe) in enumerate(wanted):
+        groups.setdefault(safe.lower(), []).append(i)
+    ids: list[str] = [""] * len(submissions)
+    notes: list[str] = [""] * len(submissions)
+    for key, members in groups.items():
+        keeper = next((i for i in members if owner.get(key) == abspaths[i]), None)
+        if keeper is None:
+            lossless = sorted((i for i in members if wanted[i][0] == wanted[i][1]), key=lambda i: rel[i])
+            keeper = lossless[0] if lossless else (min(members, key=lambda i: rel[i]) if len(members) == 1 else -1)
+        for i in members:
+            name, safe = wanted[i]
+            if i == keeper:
+                ids[i] = safe
+                why = []
+                if name != stems[i]:
+                    why.append("the file is named like the lab's notebook, so its folder's name is added")
+                if safe != name:
+                    why.append("characters not allowed in a folder name replaced")
+                notes[i] = f"id {safe!r} for {rel[i]}: " + "; ".join(why) if why else ""
+            else:
+                ids[i] = f"{safe}-{hashlib.sha256(rel[i].encode()).hexdigest()[:6]}"
+                notes[i] = (
+                    f"id {ids[i]!r} for {rel[i]}: another submission has the id {safe!r}, so a suffix from this "
+                    "file's path was added"
+                )
+    taken = [i.lower() for i in ids]  # a suffixed id equal to another id (a file really named so): longer suffix
+    for i, sid in enumerate(ids):
+        if taken.count(sid.lower()) > 1 and notes[i].startswith(f"id {sid!r}") and "suffix" in notes[i]:
+            ids[i] = f"{wanted[i][1]}-{hashlib.sha256(rel[i].encode()).hexdigest()[:16]}"
+            notes[i] = notes[i].replace(repr(sid), repr(ids[i]), 1)
+    assert len({i.lower() for i in ids}) == len(ids), "submission ids must be unique"
+    return list(zip(ids, notes))
+
+
+def student_ids(submissions: list[Path], lab: Lab, previous: dict[str, dict] | None = None) -> list[str]:
+    """The ids of :func:`assign_ids` alone."""
+    return [sid for sid, _ in assign_ids(submissions, lab, previous)]
 
 
 def _load_previous(out_dir: Path) -> dict[str, dict]:
+    """Results of earlier runs, from the gradebook the grader wrote at the end of each batch (``gradebook.json``).
+
+    Nothing else on disk is read back: a ``students/<id>/result.json`` the grader did not list (planted there
+    during a batch, or left by hand) never becomes a row."""
+    path = out_dir / "gradebook.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    results = raw.get("results") if isinstance(raw, dict) else None
     previous = {}
-    for path in sorted((out_dir / "students").glob(f"*/{RESULT}")):
-        try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(r, dict) and r.get("student") == path.parent.name:
-                previous[r["student"]] = r
-        except (OSError, ValueError):
-            continue
+    for r in results if isinstance(results, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("student"), str) and r["student"] == _safe_id(r["student"]):
+            previous[r["student"]] = r
     return previous
+
+
+def _read_submission(path: Path, root: Path) -> tuple[bytes | None, str]:
+    """The submission's bytes, or None and why it is refused: a symbolic link (or a linked folder) leading out of
+    the submissions folder, or something that is not a regular file (a folder, a pipe, a device)."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.lexists(path) and os.path.commonpath([real, real_root]) != real_root:
+        return None, (
+            f"{path.name} is a symbolic link to {real}, outside the submissions folder: it is not graded as "
+            "this student's work; hand in the notebook file itself"
+        )
+    if os.path.exists(path) and not os.path.isfile(real):
+        return None, f"{path.name} is not a regular file (a folder, pipe or device?): hand in the .ipynb file"
+    return _read_bytes(path), ""
 
 
 def grade(
@@ -560,8 +645,12 @@ def grade(
     progress: bool = True,
     keep: bool = False,
     work_root: str | Path | None = None,
+    root: str | Path | None = None,
 ) -> list[dict]:
     """Grade many submissions, ``workers`` at a time; write ``gradebook.csv`` and ``gradebook.json``.
+
+    Every submission gets exactly one row, under the id :func:`assign_ids` gives it; ``root`` is the submissions
+    folder (default: the deepest folder holding them all): a symbolic link leading out of it is refused.
 
     Resumable: a submission whose result exists for the same file content and the same settings (the grader's
     code, the lab's rubric, export and checks, the budget and the limits: :meth:`Lab.run_fingerprint`) is
@@ -574,19 +663,21 @@ def grade(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(s) for s in submissions]
-    ids = student_ids(paths, lab)
+    root = Path(os.path.abspath(root)) if root else submissions_root(paths)
     previous = _load_previous(out_dir)  # read before any submission runs
+    assigned = assign_ids(paths, lab, previous, root)
+    ids = [sid for sid, _ in assigned]
     results: dict[str, dict] = {}
     todo = []
     fingerprint = lab.run_fingerprint()  # the code, the budget and the limits in force now (CLI overrides included)
-    for path, sid in zip(paths, ids):
+    for path, (sid, note) in zip(paths, assigned):
         old = previous.get(sid)
-        content = _read_bytes(path)
+        content, refused = _read_submission(path, root)
         digest = hashlib.sha256(content).hexdigest() if content is not None else ""
-        if not force and old and old.get("sha256") == digest and old.get("fingerprint") == fingerprint:
-            results[sid] = old
+        if not force and old and not refused and old.get("sha256") == digest and old.get("fingerprint") == fingerprint:
+            results[sid] = {**old, "submission": os.path.abspath(path), "id_note": note}
         else:
-            todo.append((path, sid, content))
+            todo.append((path, sid, content, refused, note))
     if work_root is not None:
         Path(work_root).mkdir(parents=True, exist_ok=True)
     # one thread per kernel: the labs' small MLPs gain little from more, and lose a lot when cores are shared
@@ -598,8 +689,8 @@ def grade(
         bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = {
-                pool.submit(_safe_grade, lab, p, sid, out_dir, threads, keep, content, work_root): sid
-                for p, sid, content in todo
+                pool.submit(_safe_grade, lab, p, sid, out_dir, threads, keep, content, work_root, refused, note): sid
+                for p, sid, content, refused, note in todo
             }
             for fut in as_completed(futures):
                 r = fut.result()
@@ -610,20 +701,25 @@ def grade(
         bar.close()
     finally:
         torch.set_num_threads(old_threads)
-    everything = {**previous, **results}
+    graded_now = {os.path.abspath(p) for p in paths}
+    kept = {sid: r for sid, r in previous.items() if os.path.abspath(str(r.get("submission", ""))) not in graded_now}
+    everything = {**kept, **results}  # one row per file: an earlier row of a file graded now is replaced
     for r in everything.values():  # rewrite from memory: undoes any tampering with these files during the batch
         write_student(r, out_dir / "students" / r["student"])
     write_gradebook(lab, list(everything.values()), out_dir)
     return [results[sid] for sid in ids]
 
 
-def _safe_grade(lab: Lab, path: Path, sid: str, out_dir: Path, threads: int, keep: bool, content, work_root) -> dict:
+def _safe_grade(
+    lab: Lab, path: Path, sid: str, out_dir: Path, threads: int, keep: bool, content, work_root, refused="", note=""
+) -> dict:
     try:
-        return grade_submission(lab, path, sid, out_dir, threads, keep, content, Path(work_root) if work_root else None)
+        work = Path(work_root) if work_root else None
+        result = grade_submission(lab, path, sid, out_dir, threads, keep, content, work, refused)
     except Exception as e:  # a grader bug on one submission: recorded, the batch goes on
         r = {
             "student": sid,
-            "submission": str(path),
+            "submission": os.path.abspath(path),
             "sha256": "",
             "lab": lab.name,
             "fingerprint": "",
@@ -633,16 +729,27 @@ def _safe_grade(lab: Lab, path: Path, sid: str, out_dir: Path, threads: int, kee
             "run": {},
         }
         traceback.print_exc()
-        return _finish(r, out_dir / "students" / sid, time.perf_counter())
+        result = _finish(r, out_dir / "students" / sid, time.perf_counter())
+    result["id_note"] = note
+    return result
+
+
+def reason(result: dict, limit: int = 600) -> str:
+    """The gradebook's reason column: every note about the run (time or memory limit, a crash, ``sys.exit()``,
+    syntax errors, interrupted cells, forbidden modules, cut outputs), joined, so none is only in the feedback."""
+    text = " | ".join(str(n) for n in result.get("notes", []))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_gradebook(lab: Lab, results: list[dict], out_dir: Path) -> None:
-    """``gradebook.csv`` (one row per student, one column per question, total) and ``gradebook.json``, atomically."""
+    """``gradebook.csv`` (one row per submission: a column per question, the total, the status, the reason, the
+    file and why its id is not the file's name) and ``gradebook.json`` (everything; read back by a resumed run),
+    atomically."""
     results = sorted(results, key=lambda r: r["student"])
     buf = io.StringIO()
     w = csv.writer(buf)
     qs = lab.questions
-    w.writerow(["student", *[q.id for q in qs], "total", "max_total", "status"])
+    w.writerow(["student", *[q.id for q in qs], "total", "max_total", "status", "reason", "file", "id_note"])
     for r in results:
         by_id = {q["id"]: q for q in r.get("questions", [])}
         row = [r["student"]]
@@ -650,6 +757,7 @@ def write_gradebook(lab: Lab, results: list[dict], out_dir: Path) -> None:
             p = by_id.get(q.id, {}).get("points")
             row.append("" if p is None else f"{p:g}")
         row += [f"{r.get('total', 0):g}", f"{r.get('max_total', 0):g}", r.get("status", "")]
+        row += [reason(r), str(r.get("submission", "")), str(r.get("id_note", ""))]
         w.writerow(row)
     atomic_write_text(out_dir / "gradebook.csv", buf.getvalue())
     atomic_write_text(out_dir / "gradebook.json", json.dumps({"lab": lab.name, "results": results}, indent=1))

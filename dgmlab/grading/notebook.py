@@ -34,7 +34,7 @@ def read_notebook(path: str | Path) -> nbformat.NotebookNode:
     """Read and validate a notebook, with a clear reason when the file is not one.
 
     Raises:
-        SubmissionError: missing, empty, too large, not JSON, or not a version-4 notebook.
+        SubmissionError: missing, empty, too large, not JSON, or not a notebook (older formats are upgraded).
     """
     path = Path(path)
     if not path.is_file():
@@ -63,9 +63,12 @@ def parse_notebook(content: bytes, name: str) -> nbformat.NotebookNode:
             f"{name}: this is not a Jupyter notebook (not valid JSON: {e.__class__.__name__}); "
             "submit the .ipynb file saved by Jupyter, not a .py, PDF or zip"
         ) from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+    old_format = isinstance(raw, dict) and isinstance(raw.get("worksheets"), list)  # nbformat 3 and earlier
+    if not isinstance(raw, dict) or not (isinstance(raw.get("cells"), list) or old_format):
         raise SubmissionError(f"{name}: valid JSON but not a Jupyter notebook (no list of cells)")
-    try:
+    if old_format and not isinstance(raw.get("nbformat"), int):
+        raise SubmissionError(f"{name}: an old-format notebook without its nbformat version number")
+    try:  # older formats (v3 "worksheets") are upgraded to version 4 by nbformat
         nb = nbformat.reads(json.dumps(raw), as_version=4)
         nbformat.validate(nb)
     except Exception as e:  # nbformat raises several validation error types

@@ -61,4 +61,7 @@ def summary(results: list[dict]) -> str:
     for r in trouble:
         why = r["notes"][0] if r.get("notes") else r.get("status", "")
         out.append(f"  needs a look: {r['student']}: {why[:120]}")
+    for r in results:
+        if r.get("id_note"):
+            out.append(f"  {r['id_note']}")
     return "\n".join(out)

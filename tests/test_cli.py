@@ -1,11 +1,13 @@
 """The dgmlab command: a one-epoch training run, evaluation, argparse errors."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-import torch
 
 from dgmlab.checkpoint import load_checkpoint, save_checkpoint
 from dgmlab.cli import main
@@ -64,10 +66,6 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_console_script_and_module_entry_point():
-    import re
-    import shutil
-    from pathlib import Path
-
     # the script that `pip install` put beside this interpreter (pyproject: dgmlab = "dgmlab.cli:main")
     script = Path(sys.executable).parent / "dgmlab"
     script = str(script) if script.exists() else shutil.which("dgmlab")

@@ -178,7 +178,8 @@ def discriminator_step(
         ``d_loss`` (before the step), ``d_real`` and ``d_fake`` (mean D probability on real and fake images, as
         seen by this step, in D's current mode), each a detached 0-d tensor.
     """
-    l_real, l_fake = D(x), D(x_fake.detach())
+    logits = D(torch.cat([x, x_fake.detach()]))  # one pass over real and fake: [B + B']
+    l_real, l_fake = logits[: len(x)], logits[len(x) :]
     loss = discriminator_loss(l_real, l_fake)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()

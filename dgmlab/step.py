@@ -36,8 +36,8 @@ class TrainConfig:
         seed: seeds the batch order, dynamic binarisation and the step's noise (not the weights: seed before
             building the model).
         device: ``"auto"`` (CUDA when there is one), ``"cpu"``, ``"cuda"``...
-        compile: compile the step's loss with ``torch.compile`` (pays off on long runs only: compiling takes
-            about half a minute on a laptop CPU).
+        compile: compile the step's networks or loss with ``torch.compile`` (pays off on long runs only:
+            compiling takes about half a minute on a laptop CPU; see ``benchmarks/bench_vae_epoch.py --compile``).
     """
 
     epochs: int = 20
@@ -78,3 +78,8 @@ def adam(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Ada
 def batch_mean(value: torch.Tensor) -> torch.Tensor:
     """A term for the history: its mean over the batch, detached (kept on the device: no synchronisation)."""
     return value.detach().mean()
+
+
+def compiled(fn, config: TrainConfig):
+    """``torch.compile(fn)`` when ``config.compile`` is set, else ``fn`` itself."""
+    return torch.compile(fn) if config.compile else fn

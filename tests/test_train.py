@@ -260,3 +260,19 @@ def test_bad_train_configs_are_rejected():
         TrainConfig(betas=(0.9, 1.5))
     with pytest.raises(ValueError, match="beta >= 0"):
         VAETrainConfig(beta=-1)
+
+
+def test_compile_true_trains_the_same_model(data):
+    """compile=True changes how the loss runs, not what it computes (one small VAE, one epoch; ~30 s of compiling)."""
+    train, _ = data
+    small = train.subset(300)
+    runs = {}
+    for flag in (False, True):
+        torch._dynamo.reset()
+        config = VAETrainConfig(epochs=1, batch_size=128, device="cpu", compile=flag)  # 128, 128, 44: two shapes
+        step = VAEStep(small_vae(), config)
+        runs[flag] = (fit(step, small, progress=False)[0], step.model.state_dict())
+    for key in ("train_elbo", "train_recon", "train_kl"):
+        assert runs[True][0][key] == pytest.approx(runs[False][0][key], rel=1e-4), key
+    for name, w in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], w, rtol=1e-3, atol=1e-5)

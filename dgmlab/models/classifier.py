@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgmlab.models.mlp import mlp
-from dgmlab.step import TrainConfig, adam
+from dgmlab.step import TrainConfig, adam, compiled
 from dgmlab.utils import eval_mode, get_device, module_device
 
 __all__ = ["ClassifierConfig", "Classifier", "ClassifierStep", "accuracy"]
@@ -82,11 +82,12 @@ class ClassifierStep:
         self.model = model.to(self.device)
         self.modules = {"model": self.model}
         self.optimizer = adam(self.model.parameters(), self.config)
+        self._model = compiled(self.model, self.config)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if y is None:
             raise ValueError("the classifier needs labels: train it on a Split with y")
-        logits = self.model(x)
+        logits = self._model(x)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgmlab.models.mlp import mlp
-from dgmlab.step import TrainConfig, adam
+from dgmlab.step import TrainConfig, adam, compiled
 from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 __all__ = [
@@ -267,13 +267,14 @@ class GANStep:
         self.opt_G, self.opt_D = adam(self.G.parameters(), config), adam(self.D.parameters(), config)
         self.generator_loss = GENERATOR_LOSSES[getattr(config, "generator_loss", "nonsaturating")]
         self.noise = torch.Generator().manual_seed(config.seed)
+        self._G, self._D = compiled(self.G, config), compiled(self.D, config)  # the same networks, maybe compiled
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         # at least 2 noise vectors: batch norm in G cannot normalise a batch of one (a last batch of 1 image)
         z = randn(max(len(x), 2), self.G.config.z_dim, generator=self.noise, device=self.device)  # [B, z_dim]
-        x_fake = self.G(z)  # [B, x_dim], with its graph for the generator step
-        terms = discriminator_step(self.D, self.opt_D, x, x_fake)
-        terms.update(generator_step(self.D, self.opt_G, x_fake, self.generator_loss))
+        x_fake = self._G(z)  # [B, x_dim], with its graph for the generator step
+        terms = discriminator_step(self._D, self.opt_D, x, x_fake)
+        terms.update(generator_step(self._D, self.opt_G, x_fake, self.generator_loss))
         return terms
 
     def evaluate(self, split, seed: int = 1234, batch_size: int = 500) -> dict[str, float]:

@@ -30,7 +30,7 @@ from dgmlab.distributions import (
 )
 from dgmlab.evaluate import evaluate_elbo
 from dgmlab.models.mlp import mlp
-from dgmlab.step import TrainConfig, adam, batch_mean
+from dgmlab.step import TrainConfig, adam, batch_mean, compiled
 from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
@@ -165,24 +165,39 @@ class VAE(nn.Module):
         return self.to_mu(h), self.to_logvar(h)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None):
-        """z = mu + sigma * eps, eps ~ N(0, I), sigma = exp(logvar / 2): a sample of q that gradients pass through."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    def reparameterize(
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+    ):
+        """z = mu + sigma * eps, eps ~ N(0, I), sigma = exp(logvar / 2): a sample of q that gradients pass through.
+
+        ``eps`` may be given (same shape as ``mu``); otherwise it is drawn with ``generator`` on ``mu``'s device.
+        """
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z ``[B, z_dim]`` -> x_logits ``[B, x_dim]``, the decoder output (logits of the pixel means)."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None):
         """One pass through the VAE: returns (x_logits, mu, logvar, z)."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
+        z = self.reparameterize(mu, logvar, generator, eps)
         return self.decode(z), mu, logvar, z
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0, generator: torch.Generator | None = None) -> ELBOTerms:
-        """:func:`elbo_terms` of a batch, with this model's likelihood."""
-        x_logits, mu, logvar, _ = self(x, generator)
+    def loss(
+        self,
+        x: torch.Tensor,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> ELBOTerms:
+        """:func:`elbo_terms` of a batch, with this model's likelihood (noise from ``generator``, or ``eps``)."""
+        x_logits, mu, logvar, _ = self(x, generator, eps)
         return elbo_terms(x, x_logits, mu, logvar, beta, self.config.likelihood, self.config.sigma)
 
     def log_px(self, x: torch.Tensor, x_logits: torch.Tensor) -> torch.Tensor:
@@ -251,10 +266,12 @@ class VAEStep:
         self.modules = {"model": self.model}
         self.optimizer = adam(self.model.parameters(), config)
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed)  # the reparameterisation noise
-        self.loss = torch.compile(self.model.loss, dynamic=True) if config.compile else self.model.loss
+        # the noise is drawn outside the loss, so that a compiled loss is one graph (a generator would break it)
+        self.loss = compiled(self.model.loss, config)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        terms = self.loss(x, self.config.beta, self.noise)
+        eps = torch.randn((len(x), self.model.config.z_dim), generator=self.noise, device=self.device)
+        terms = self.loss(x, self.config.beta, eps=eps)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         self.optimizer.step()

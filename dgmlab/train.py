@@ -151,8 +151,8 @@ def fit(
             row.update({f"val_{k}": float(v) for k, v in evaluate(val).items()})
         row["seconds"] = time.perf_counter() - start
         history.append(row)
-        shown = [k for k in row if k.startswith(("train_", "val_"))][:1] + [k for k in row if k.startswith("val_")][:1]
-        bar.set_postfix(epoch=epoch, **{k: f"{row[k]:.3g}" for k in dict.fromkeys(shown)})
+        first = {prefix: next((k for k in row if k.startswith(prefix)), None) for prefix in ("train_", "val_")}
+        bar.set_postfix(epoch=epoch, **{k: f"{row[k]:.4g}" for k in first.values() if k})
         for cb in callbacks:
             cb.on_epoch_end(epoch, step, history)
     bar.close()

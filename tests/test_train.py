@@ -194,6 +194,8 @@ def test_gan_validation_is_in_eval_mode_and_leaves_batch_norm_alone(data):
     step = make_step("gan")
     fit(step, train, GANTrainConfig(epochs=1, batch_size=100, device="cpu"), progress=False)
     G, D = step.G, step.D
+    # training ran G once per batch (10 batches) and nothing else touched its batch-norm statistics
+    assert all(int(m.num_batches_tracked) == 10 for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d))
     G.train(), D.train()
     bn = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     stats = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bn]

@@ -44,6 +44,9 @@ EXPECTED_LAB1 = {
     "hang": ("graded", NO_TRAINING, "time limit of 75 s"),
     "memory_bomb": ("graded", NO_TRAINING, "memory limit of 3000 MB"),
     "dataloader_workers": ("graded", FULL1, "100 / 100"),
+    "old_format_v3": ("graded", FULL1, "100 / 100"),
+    "huge_output": ("graded", FULL1, "output passed the 1 MB the grader keeps"),
+    "many_cells": ("graded", FULL1, "100 / 100"),
     "os_exit": ("graded", NO_TRAINING, "kernel died"),
     "sys_exit": ("graded", NO_TRAINING, "called sys.exit()"),
     "forbidden": ("graded", {**FULL1, "reparam": 0, "kl": 0}, "torch.distributions is not allowed"),
@@ -95,6 +98,25 @@ def test_memory_counts_shared_pages_once_and_still_stops_a_bomb(lab1_batch):
     assert 0 < workers["peak_pss_mb"] < limit and workers["peak_memory_mb"] <= limit
     bomb = results["memory_bomb"]["run"]
     assert bomb["status"] == "memory" and limit < bomb["stopped_at_mb"] < limit + 300, bomb
+
+
+def test_huge_outputs_are_capped_on_disk(lab1_batch):
+    _, root, results = lab1_batch
+    folder = root / "out" / "students" / "huge_output"
+    stored = sum(f.stat().st_size for f in folder.iterdir())
+    assert stored < 2 * 2**20, stored  # it printed 30 MB; the grader keeps 1 MB of a cell's output
+    assert (
+        "output passed the 1 MB" in next(row for row in _gradebook(root) if row["student"] == "huge_output")["reason"]
+    )
+
+
+def test_many_cells_cost_linear_time(lab1_batch):
+    many = lab1_batch[2]["many_cells"]["run"]
+    assert many["status"] == "completed" and many["seconds"] < LIMITS["total_timeout_s"]
+
+
+def _gradebook(root: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO((root / "out" / "gradebook.csv").read_text())))
 
 
 def test_naive_elbo_loses_only_the_stability_check(lab1_batch):

@@ -46,7 +46,7 @@ from dgmlab.grading.judge import Context, ExportData, Fail
 from dgmlab.grading.lab import Lab, Question
 from dgmlab.grading.memory import MemoryWatch
 from dgmlab.grading.notebook import StaticReport, SubmissionError, definitions_only, parse_notebook, scan
-from dgmlab.grading.runner import kill_descendants
+from dgmlab.grading.runner import CUT_NOTE, kill_descendants
 from dgmlab.utils import atomic_write_text
 
 GRADER_TAG = "dgmlab-grader"
@@ -200,7 +200,8 @@ def run_notebook(
 
 
 def cell_errors(executed: Path, limit: int = 5) -> list[str]:
-    """Errors raised by the student's cells in the executed notebook, numbered as in the submission."""
+    """Errors raised by the student's cells in the executed notebook, and outputs the runner cut, numbered as in
+    the submission."""
     try:
         nb = nbformat.read(str(executed), as_version=4)
     except Exception:
@@ -212,16 +213,20 @@ def cell_errors(executed: Path, limit: int = 5) -> list[str]:
             continue
         index += 1
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if out.get("output_type") == "error":
-                ename, evalue = str(out.get("ename", "")), str(out.get("evalue", ""))[:200]
-                if ename == "SystemExit":
-                    notes.append(
-                        f"cell {index} called sys.exit(): that cell stopped there, and what it should make is missing"
-                    )
-                elif ename == "KeyboardInterrupt":
-                    notes.append(f"cell {index} ran past the per-cell time limit and was interrupted")
-                else:
-                    notes.append(f"cell {index} raised {ename}: {evalue}")
+            text = str(out.get("text", "")) if out.get("output_type") == "stream" else ""
+            if text.startswith(CUT_NOTE):  # added by the runner where it dropped outputs
+                notes.append(f"cell {index}: {text[len(CUT_NOTE) + 2 :].strip()}; the rest was not kept")
+            if out.get("output_type") != "error":
+                continue
+            ename, evalue = str(out.get("ename", "")), str(out.get("evalue", ""))[:200]
+            if ename == "SystemExit":
+                notes.append(
+                    f"cell {index} called sys.exit(): that cell stopped there, and what it should make is missing"
+                )
+            elif ename == "KeyboardInterrupt":
+                notes.append(f"cell {index} ran past the per-cell time limit and was interrupted")
+            else:
+                notes.append(f"cell {index} raised {ename}: {evalue}")
     if len(notes) > limit:
         notes = notes[:limit] + [f"... and {len(notes) - limit} more cells with errors"]
     return notes

@@ -4,6 +4,10 @@ The grader starts this process in a new session and watches it (wall clock, memo
 This process makes itself a *child subreaper*, so anything the kernel forks stays in its process tree even if the
 intermediate parent exits, and the grader can find and kill all of it. Before exiting it kills whatever the
 kernel left running, and writes a small JSON status for the grader.
+
+Two changes to papermill's defaults keep a hostile or careless notebook cheap: outputs are capped per cell and per
+notebook (:func:`cap_outputs`), and the executed notebook is written at most every two seconds rather than twice
+per cell (:func:`throttle_saves`), so grading time grows linearly in the number of cells.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ import traceback
 from dgmlab.utils import atomic_write_text
 
 PR_SET_CHILD_SUBREAPER = 36
+CELL_OUTPUT_BYTES = 1 * 2**20  # outputs stored per cell ...
+NOTEBOOK_OUTPUT_BYTES = 5 * 2**20  # ... and per notebook; beyond them outputs are dropped, with a note
+SAVE_EVERY_S = 2.0  # the executed notebook is written at most this often while it runs, and at the end
+CUT_NOTE = "[dgmlab grader] output cut here"
+_TRACEBACK_CHARS = 4000
 
 
 def become_subreaper() -> bool:
@@ -75,6 +84,78 @@ def _reap() -> None:
             return
 
 
+def cap_outputs(cell_bytes: int = CELL_OUTPUT_BYTES, notebook_bytes: int = NOTEBOOK_OUTPUT_BYTES) -> None:
+    """Keep at most ``cell_bytes`` of outputs per cell and ``notebook_bytes`` in all (a notebook printing 200 MB
+    must not leave 200 MB in the grader's memory, its files and the student's feedback folder). Outputs past a
+    cap are dropped and the cell gets one note saying so; error outputs are always kept (the feedback reports
+    them), their traceback shortened."""
+    import json
+
+    from nbclient.client import NotebookClient
+    from nbformat.v4 import new_output
+
+    if getattr(NotebookClient.output, "_dgmlab_capped", False):
+        return
+    original = NotebookClient.output
+
+    def output(self, outs, msg, display_id, cell_index):
+        sizes = self.__dict__.setdefault("_dgmlab_output_bytes", {"total": 0})
+        out = original(self, outs, msg, display_id, cell_index)
+        if out is None or not outs or outs[-1] is not out:
+            return out
+        if out.get("output_type") == "error":
+            out["evalue"] = str(out.get("evalue", ""))[:_TRACEBACK_CHARS]
+            tb = [str(line)[:_TRACEBACK_CHARS] for line in out.get("traceback", [])]
+            out["traceback"] = tb[:3] + tb[-10:] if len(tb) > 13 else tb
+            return out
+        size = len(json.dumps(out))
+        used = sizes.get(cell_index, 0)
+        if used + size <= cell_bytes and sizes["total"] + size <= notebook_bytes:
+            sizes[cell_index] = used + size
+            sizes["total"] += size
+            return out
+        outs.pop()
+        if not sizes.get(("cut", cell_index)):
+            sizes[("cut", cell_index)] = True
+            which = "this cell's" if used + size > cell_bytes else "the notebook's"
+            limit = cell_bytes if used + size > cell_bytes else notebook_bytes
+            outs.append(
+                new_output(
+                    "stream",
+                    name="stderr",
+                    text=f"{CUT_NOTE}: {which} output passed the {limit / 2**20:g} MB the grader keeps\n",
+                )
+            )
+        return None
+
+    output._dgmlab_capped = True
+    NotebookClient.output = output
+
+
+def throttle_saves(every_s: float = SAVE_EVERY_S) -> None:
+    """Write the executed notebook at most every ``every_s`` seconds while it runs (papermill writes it before and
+    after every cell, which makes a notebook of n cells cost n^2), and always at the end."""
+    from papermill.engines import NotebookExecutionManager
+
+    if getattr(NotebookExecutionManager.save, "_dgmlab_throttled", False):
+        return
+    original_save, original_complete = NotebookExecutionManager.save, NotebookExecutionManager.notebook_complete
+
+    def save(self, **kwargs):
+        last = getattr(self, "_dgmlab_saved_at", None)
+        if last is None or time.monotonic() - last >= every_s:
+            original_save(self, **kwargs)
+            self._dgmlab_saved_at = time.monotonic()
+
+    def notebook_complete(self, **kwargs):
+        self._dgmlab_saved_at = None  # the final save always happens
+        return original_complete(self, **kwargs)
+
+    save._dgmlab_throttled = True
+    NotebookExecutionManager.save = save
+    NotebookExecutionManager.notebook_complete = notebook_complete
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0], encoding="utf-8") as f:
@@ -82,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    cap_outputs(
+        spec.get("cell_output_bytes", CELL_OUTPUT_BYTES), spec.get("notebook_output_bytes", NOTEBOOK_OUTPUT_BYTES)
+    )
+    throttle_saves(spec.get("save_every_s", SAVE_EVERY_S))
 
     status = {"status": "completed", "message": "", "seconds": 0.0}
     start = time.perf_counter()

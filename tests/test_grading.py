@@ -282,11 +282,25 @@ def test_guard_records_forbidden_use_from_student_code(tmp_path):
         exec(compile({student!r}, "/tmp/ipykernel_0/cell.py", "exec"), ns)
         ns["student_fn"](); ns["via_import"](); ns["from_import"](); ns["clean"]()
         print(sorted({{e["functions"][0] for e in k.GUARD_EVENTS if e["functions"]}}))
+        print(all(e["direct"] for e in k.GUARD_EVENTS))
+        # a library (its file under sys.prefix) that uses the module internally, called by the student
+        import os, sys
+        lib = {{}}
+        exec(compile("def lib_fn():\\n    import torch.distributions as d\\n    return d.Normal",
+                     os.path.join(sys.prefix, "lib", "fake_lib.py"), "exec"), lib)
+        ns["lib_fn"] = lib["lib_fn"]
+        exec(compile("def uses_lib():\\n    return lib_fn()", "/tmp/ipykernel_0/cell2.py", "exec"), ns)
+        k.GUARD_EVENTS.clear()
+        ns["uses_lib"]()
+        print(sorted({{(e["attribute"], e["functions"][0], e["direct"]) for e in k.GUARD_EVENTS}}))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['from_import', 'student_fn', 'via_import']"
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "['from_import', 'student_fn', 'via_import']"
+    assert lines[1] == "True"  # the student's own accesses, import statements included
+    assert lines[2] == "[('Normal', 'uses_lib', False)]"  # recorded (the question pays), but not the student's use
 
 
 # --- judge helpers, budget, attribution ------------------------------------------------------------------------

@@ -47,9 +47,11 @@ EXPECTED_LAB1 = {
     "old_format_v3": ("graded", FULL1, "100 / 100"),
     "huge_output": ("graded", FULL1, "output passed the 1 MB the grader keeps"),
     "many_cells": ("graded", FULL1, "100 / 100"),
+    "forbidden_top_level": ("review", FULL1, "your instructor will review"),
+    "laundered_budget": ("graded", NO_TRAINING, "while your model trained, epochs was 15"),
     "os_exit": ("graded", NO_TRAINING, "kernel died"),
     "sys_exit": ("graded", NO_TRAINING, "called sys.exit()"),
-    "forbidden": ("graded", {**FULL1, "reparam": 0, "kl": 0}, "torch.distributions is not allowed"),
+    "forbidden": ("review", {**FULL1, "reparam": 0, "kl": 0}, "torch.distributions is not allowed"),
     "overrides_params": ("graded", NO_TRAINING, "epochs = 3 but the grader set epochs = 5"),
 }
 
@@ -108,6 +110,17 @@ def test_huge_outputs_are_capped_on_disk(lab1_batch):
     assert (
         "output passed the 1 MB" in next(row for row in _gradebook(root) if row["student"] == "huge_output")["reason"]
     )
+
+
+def test_forbidden_uses_outside_graded_functions_are_in_the_gradebook(lab1_batch):
+    _, root, results = lab1_batch
+    r = results["forbidden_top_level"]
+    assert r["status"] == "review" and r["total"] == 100
+    review = " ".join(r["review"])
+    assert "`import torch.distributions`" in review and "at top level" in review
+    assert "used torch.distributions.Normal at run time (cell" in review  # the sys.modules route, with its cell
+    row = next(row for row in _gradebook(root) if row["student"] == "forbidden_top_level")
+    assert row["status"] == "review" and "at run time" in row["reason"]
 
 
 def test_many_cells_cost_linear_time(lab1_batch):

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -79,11 +80,13 @@ def prepare(
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    guard = (
-        "# dgmlab grader: records any use of the lab's forbidden modules (added by the grader)\n"
-        f"import dgmlab.grading.kernel as _dgmlab_kernel\n_dgmlab_kernel.install_guard({lab.forbidden!r})"
-    )
     budget_keys = sorted(set(lab.budget) | {"grading"})
+    guard = (
+        "# dgmlab grader: records any use of the lab's forbidden modules and counts optimizer steps (added by the "
+        "grader)\n"
+        "import dgmlab.grading.kernel as _dgmlab_kernel\n"
+        f"_dgmlab_kernel.install_guard({lab.forbidden!r}, {budget_keys!r}, globals())"
+    )
     export = (
         "# dgmlab grader: evaluates your functions on the grader's inputs and saves the results (added by the grader)\n"
         "import dgmlab.grading.kernel as _dgmlab_kernel\n"
@@ -254,6 +257,37 @@ def budget_problem(data: ExportData, budget: dict) -> str:
                 f"your notebook ran with {key} = {got!r} but the grader set {key} = {want!r}: a later cell "
                 "overwrites the parameters cell; remove that assignment so the grading budget is used"
             )
+    return _steps_problem(data, budget)
+
+
+def _steps_problem(data: ExportData, budget: dict) -> str:
+    """What the grader's own step counter (kernel.watch_steps) says about the training: the budget values while
+    the optimizer stepped, and the number of steps the trained model received against what the budget makes."""
+    if data.status("_train_steps") != "ok":
+        return ""  # no trained model exported: the training checks fail on their own
+    try:
+        record = data.get("_train_steps")
+    except Fail:
+        return ""
+    if not isinstance(record, dict):
+        return "the grader could not verify the training budget"
+    wanted = {**budget, "grading": True}
+    for seen in record.get("seen") or []:
+        for key, want in wanted.items():
+            if isinstance(seen, dict) and key in seen and seen[key] != want:
+                return (
+                    f"while your model trained, {key} was {seen[key]!r} (the grader set {want!r}): a cell changes the "
+                    "parameters before training, even if they are restored later; train with the values given"
+                )
+    steps, batch = record.get("steps"), record.get("batch_size")
+    if isinstance(batch, int) and batch > 0 and {"epochs", "n_train"} <= set(budget) and isinstance(steps, int):
+        expected = budget["epochs"] * math.ceil(budget["n_train"] / batch)
+        if steps != expected:
+            return (
+                f"your model received {steps} optimizer steps; the grading budget ({budget['epochs']} epochs of "
+                f"{budget['n_train']} images in batches of {batch}) makes {expected}: train the model once, in the "
+                "training cell, as given"
+            )
     return ""
 
 
@@ -269,6 +303,42 @@ def _attribution(q: Question, static: StaticReport, events: list[dict], graded: 
         owner = next((n for n in stack if n in graded), None)
         if owner in q.functions:
             out.append(f"used {e.get('module')}.{e.get('attribute')} at run time (in `{stack[0]}`)")
+    return list(dict.fromkeys(out))
+
+
+def _cell_numbers(executed: Path | None) -> dict[int, int]:
+    """Execution count -> the cell's number in the submission (grader and injected cells not counted)."""
+    numbers: dict[int, int] = {}
+    try:
+        nb = nbformat.read(str(executed), as_version=4) if executed else None
+    except Exception:
+        nb = None
+    skip = {GRADER_TAG, "injected-parameters", "papermill-error-cell-tag"}
+    index = 0
+    for cell in nb.cells if nb else []:
+        if skip & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        index += 1
+        if cell.cell_type == "code" and isinstance(cell.get("execution_count"), int):
+            numbers[cell["execution_count"]] = index
+    return numbers
+
+
+def forbidden_uses(static: StaticReport, events: list[dict], executed: Path | None) -> list[str]:
+    """Every detected use of a forbidden module, where it is: found by the static scan (cell, line, function) or
+    recorded at run time (``sys.modules`` and a computed attribute name included; the cell from its execution
+    count). Each puts the submission in ``review``; those in a graded function also cost its question."""
+    out = [f"{f.what} at {f.where}" for f in static.findings]
+    cells = _cell_numbers(executed)
+    for e in events:
+        if e.get("direct") is False:
+            continue  # a library the student called used it internally
+        stack = [str(n) for n in e.get("functions") or []]
+        count, line = e.get("execution_count"), e.get("line")
+        where = f"cell {cells[count]}" if count in cells else "a cell"
+        where += f", line {line}" if isinstance(line, int) else ""
+        where += f" in `{stack[0]}`" if stack else " at top level"
+        out.append(f"used {e.get('module')}.{e.get('attribute')} at run time ({where})")
     return list(dict.fromkeys(out))
 
 
@@ -393,9 +463,6 @@ def grade_submission(
     static = scan(nb, lab.forbidden)
     for err in static.syntax_errors:
         result["notes"].append(f"syntax error in {err}: that cell could not run")
-    for f in static.findings:
-        if not f.functions:
-            result["notes"].append(f"{f.what} at {f.where}")
     parameters = {**lab.budget, "grading": True}
     tmp = Path(tempfile.mkdtemp(prefix=f"dgmlab-grade-{student}-", dir=work_root))
     try:
@@ -417,6 +484,15 @@ def grade_submission(
             result["notes"].append(f"the grader's export stopped early: {data.export_error}")
         result["status"] = "graded"
         result["questions"] = judge(lab, data, static, Context(lab.budget, _CACHE, grader_inputs(lab)))
+        review = forbidden_uses(static, data.guard_events, Path(executed) if executed else None)
+        if review:  # points are lost only where a graded function used it; every use goes to the instructor
+            result["status"] = "review"
+            result["review"] = review
+            result["notes"].append(
+                f"{', '.join(lab.forbidden)} is not allowed in this lab; your instructor will review: "
+                + "; ".join(review[:5])
+                + (f"; and {len(review) - 5} more" if len(review) > 5 else "")
+            )
     finally:
         if not keep:
             _rmtree(tmp)

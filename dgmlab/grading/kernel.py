@@ -29,6 +29,9 @@ from dgmlab.utils import atomic_write_text
 
 MANIFEST = "manifest.json"
 GUARD_EVENTS: list[dict] = []
+STEPS: dict[int, list] = {}  # id(parameter) -> [weakref to it, optimizer steps that updated it]
+BUDGET_SEEN: list[dict] = []  # distinct values of the budget variables while an optimizer stepped
+_WATCH: dict = {"on": False, "keys": (), "namespace": None}
 _CURRENT_CALL: list[str] = []  # key of the exporter call running now, if any
 _LIBRARY_DIRS: tuple[str, ...] = ()
 
@@ -59,6 +62,80 @@ def _student_stack(frame: types.FrameType | None) -> list[str]:
     return names
 
 
+def _execution_count() -> int | None:
+    """The execution count the notebook shows for the cell running now (maps a run-time event to its cell), or
+    None. IPython's counter runs ahead of the count the cell is given (by one in IPython 8), so it is taken
+    relative to its value in the guard cell, which the notebook numbers 1."""
+    try:
+        from IPython import get_ipython
+
+        return int(get_ipython().execution_count) - _WATCH.get("count_offset", 0)
+    except Exception:  # not in IPython
+        return None
+
+
+def _is_direct(frame: types.FrameType | None) -> bool:
+    """Whether the student's own code made this access (directly, or through ``import``/``from ... import``),
+    rather than a library the student called (which may use the module internally)."""
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
+        frame = frame.f_back
+    return frame is not None and _is_student_frame(frame)
+
+
+def _student_line(frame: types.FrameType | None) -> int | None:
+    while frame is not None:
+        if _is_student_frame(frame):
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _on_step(optimizer, args, kwargs) -> None:
+    """Global optimizer hook: count the steps each parameter received and the budget values at each step."""
+    if not _WATCH["on"]:
+        return
+    import weakref
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            entry = STEPS.get(id(p))
+            if entry is None or entry[0]() is not p:
+                entry = STEPS[id(p)] = [weakref.ref(p), 0]
+            entry[1] += 1
+    ns = _WATCH["namespace"] or {}
+    seen = {}
+    for k in _WATCH["keys"]:
+        v = ns.get(k)
+        seen[k] = v if isinstance(v, (bool, int, float, str)) or v is None else repr(v)[:100]
+    if seen not in BUDGET_SEEN[-50:]:
+        BUDGET_SEEN.append(seen)
+        del BUDGET_SEEN[:-50]
+
+
+def watch_steps(budget_keys: Sequence[str], namespace: dict) -> None:
+    """Count every optimizer step from now on (``torch.optim``'s global step hook): how many updates each
+    parameter got, and the values the budget variables held while they happened. The exporter reports them for
+    the trained model, so a notebook that trains with other values and restores them afterwards is caught."""
+    _WATCH.update(on=True, keys=tuple(budget_keys), namespace=namespace)
+    if not _WATCH.get("hooked"):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_on_step)
+        _WATCH["hooked"] = True
+
+
+def steps_of(module) -> int:
+    """The largest number of optimizer steps any parameter of ``module`` received (0 if never trained)."""
+    most = 0
+    for p in module.parameters():
+        entry = STEPS.get(id(p))
+        if entry is not None and entry[0]() is p:
+            most = max(most, entry[1])
+    return most
+
+
 class _GuardedModule(types.ModuleType):
     """Stands in for a forbidden module: it works as before, but records every attribute use from student code."""
 
@@ -79,6 +156,9 @@ class _GuardedModule(types.ModuleType):
                     "attribute": attr,
                     "functions": [n for n in stack if n != "<module>"],
                     "during_call": _CURRENT_CALL[-1] if _CURRENT_CALL else None,
+                    "execution_count": _execution_count(),
+                    "line": _student_line(frame),
+                    "direct": _is_direct(frame),
                 }
             )
             del GUARD_EVENTS[:-1000]  # a loop could call it millions of times: keep the last 1000
@@ -91,7 +171,7 @@ class _GuardedModule(types.ModuleType):
         return dir(object.__getattribute__(self, "_dgmlab_real"))
 
 
-def install_guard(forbidden: Sequence[str]) -> None:
+def install_guard(forbidden: Sequence[str], budget_keys: Sequence[str] = (), namespace: dict | None = None) -> None:
     """Replace each forbidden module (and its loaded submodules) by a recording stand-in.
 
     Reached by ``import``, ``from ... import``, ``importlib.import_module``, ``__import__`` or ``getattr`` on the
@@ -99,11 +179,18 @@ def install_guard(forbidden: Sequence[str]) -> None:
 
     Args:
         forbidden: dotted module names, e.g. ``["torch.distributions"]``.
+        budget_keys, namespace: if given, also :func:`watch_steps` (the notebook's globals hold the budget).
     """
     import importlib
 
+    if namespace is not None:
+        watch_steps(budget_keys, namespace)
+
     global _LIBRARY_DIRS
     _LIBRARY_DIRS = _library_dirs()
+    _WATCH["count_offset"] = 0
+    count = _execution_count()
+    _WATCH["count_offset"] = count - 1 if count is not None else 0  # the guard cell is cell 1 of the run
     for name in forbidden:
         try:
             importlib.import_module(name)
@@ -323,10 +410,14 @@ class Exporter:
             return
         self.save(key, [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)])
 
-    def save_training_run(self, model_name: str, state_key: str) -> None:
+    def save_training_run(self, model_name: str, state_key: str, batch_size: int | None = None) -> None:
         """Record what a lab's training cell produced: the trained module called ``model_name`` (its dataclass
         config as ``trained_config``, its ``state_dict`` as ``state_key``), the list ``history`` (epoch, seed and
-        n_train of each epoch, to verify the grading budget) and the dict ``snapshots`` of sample tensors."""
+        n_train of each epoch, to verify the grading budget) and the dict ``snapshots`` of sample tensors.
+
+        Also ``_train_steps``: the optimizer steps the model's parameters received while the notebook ran and the
+        budget values at those steps (from :func:`watch_steps`, not from anything the notebook reports), and the
+        lab's ``batch_size`` so the grader can say how many steps the budget makes."""
         import dataclasses
 
         import torch
@@ -336,6 +427,10 @@ class Exporter:
             config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.config).items()}
             self.save("trained_config", config)
             self.save(state_key, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if _WATCH.get("hooked"):  # the grader's counter ran (not when the exporter is used on its own)
+                self.save(
+                    "_train_steps", {"steps": steps_of(model), "batch_size": batch_size, "seen": list(BUDGET_SEEN)}
+                )
         else:
             self.fail(state_key, f"there is no trained model called `{model_name}` in your notebook")
         history = self.value("history")
@@ -384,6 +479,7 @@ def run_export(
     """
     import torch
 
+    _WATCH["on"] = False  # the export's own calls of the student's steps are not training
     inputs = {}
     if inputs_path:
         with np.load(inputs_path, allow_pickle=False) as f:

@@ -50,7 +50,7 @@ def export(ex):
     ex.save("step_final", {k: v.detach().clone() for k, v in step_model.state_dict().items()})
 
     # 5. the trained model, its history and the snapshots (produced by the notebook's training cell)
-    ex.save_training_run("model", "trained_state")
+    ex.save_training_run("model", "trained_state", batch_size=128)  # the training cell's batches
 
     # 6. manifold_grid with a probe decoder: each latent point decodes to its own pattern
     calls = []

@@ -50,7 +50,7 @@ def export(ex):
         ex.save(key + "_after", {"G": dict(G.state_dict()), "D": dict(D.state_dict())})
 
     # 4. the trained generator, the history and the snapshots
-    ex.save_training_run("G", "trained_G")
+    ex.save_training_run("G", "trained_G", batch_size=128)  # the training cell's batches
 
     # 5. interpolation
     ex.call("interp7", "interpolate", inp["z0"], inp["z1"], 7)

@@ -66,10 +66,13 @@ def test_every_submission_gets_its_own_row_and_keeps_it_when_resumed(lab, tmp_pa
     (subs / "alice").mkdir()
     (subs / "alice" / "lab1_vae.ipynb").write_bytes(b"")
     _write(subs / ".ipynb_checkpoints" / "alice-checkpoint.ipynb", "an editor's copy, not a submission")
+    _write(subs / "bob" / "lab1_vae.py", "handed in as a script")
     out = tmp_path / "out"
     base = ["grade", str(ROOT / "labs" / "lab1_vae"), str(subs), "--out", str(out), "--quiet"]
     assert cli_main(base) == 0
-    terminal = capsys.readouterr().out
+    captured = capsys.readouterr()
+    terminal = captured.out
+    assert "not graded (not .ipynb files)" in captured.err and os.path.join("bob", "lab1_vae.py") in captured.err
     rows = _rows(out)
     assert len(rows) == 5  # the checkpoint copy is not a student
     reasons = {sid: r["reason"] for sid, r in rows.items()}

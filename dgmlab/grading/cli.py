@@ -45,8 +45,12 @@ def _grade(args: argparse.Namespace) -> int:
     for s in args.submissions:  # accept folders and globs too (shells on Windows do not expand them)
         p = Path(s)
         if p.is_dir():  # the whole tree (alice/lab1_vae.ipynb too), not hidden folders (.ipynb_checkpoints)
-            found = (x for x in p.rglob("*.ipynb") if not any(part.startswith(".") for part in x.relative_to(p).parts))
-            files += sorted(str(x) for x in found)
+            visible = [x for x in p.rglob("*") if not any(part.startswith(".") for part in x.relative_to(p).parts)]
+            files += sorted(str(x) for x in visible if x.suffix == ".ipynb" and not x.is_dir())
+            others = sorted(str(x.relative_to(p)) for x in visible if x.suffix != ".ipynb" and x.is_file())
+            if others:  # nothing disappears silently: say what is not graded
+                shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                print(f"not graded (not .ipynb files) in {p}: {shown}", file=sys.stderr)
         elif any(ch in s for ch in "*?["):
             files += sorted(glob.glob(s))
         else:

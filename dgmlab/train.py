@@ -10,13 +10,15 @@ classifier, trained once and cached.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from dgmlab.checkpoint import load_or_train
+from dgmlab.checkpoint import IGNORED_TRAIN_FIELDS, config_dict, load_or_train
 from dgmlab.data import Split
 from dgmlab.models.classifier import Classifier, ClassifierConfig, ClassifierStep, accuracy
 from dgmlab.models.gan import Discriminator, GANStep, GANTrainConfig, Generator
@@ -276,7 +278,11 @@ def load_classifier(
     test = test if test is not None else load_mnist("test", source="embedded", verbose=False)
     config = config or TrainConfig(epochs=15, device="cpu")
     model_config = model_config or ClassifierConfig()
-    path = cache_dir() / "checkpoints" / f"classifier-{train.name.replace('/', '-')}-{train.source}.pt"
+    # one file per data set and settings, so that two settings used in turn do not retrain each other's cache
+    compared = {k: v for k, v in config_dict(config).items() if k not in IGNORED_TRAIN_FIELDS}
+    settings = json.dumps([compared, config_dict(model_config)], sort_keys=True, default=str)
+    key = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    path = cache_dir() / "checkpoints" / f"classifier-{train.name.replace('/', '-')}-{train.source}-{key}.pt"
     if retrain and path.is_file():
         path.unlink()
     state: dict = {}

@@ -1,0 +1,72 @@
+"""The course's trained models, one entry each: how it is built and trained, in one place.
+
+A chapter that trains a model the rest of the course compares against does not keep its recipe in the notebook:
+the recipe (the model config, the training config, the data, the checkpoint name) lives in a module of this package,
+one per family (``dgmlab.zoo.vae``, ``dgmlab.zoo.gan``, ...), and the chapter, the comparison table of
+"Measuring generative models" and later parts all load it through the same entry. The first call trains (through
+:func:`dgmlab.checkpoint.load_or_train`, so a matching checkpoint in the cache is reused); in fast mode
+(``DGMLAB_FAST=1``) every recipe trains a short run under its own checkpoint name.
+
+Each family module defines ``ENTRIES``: a tuple of :class:`Entry`. Add a family by writing its module and naming it
+in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dgmlab.checkpoint import Checkpoint
+
+__all__ = ["Entry", "FAMILIES", "entries", "get"]
+
+# family modules, in the order of the book; each defines ENTRIES
+FAMILIES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One trained model of the course.
+
+    Attributes:
+        name: short unique id (``"vae-z20"``, ``"mlp-gan"``), also the stem of its checkpoint file.
+        label: what a table calls it (``"VAE, J = 20"``).
+        chapter: the book page that trains and discusses it (``"book/06_training_vae"``).
+        load: ``load(device="cpu", verbose=True) -> Checkpoint``: the trained model, from the cache or trained now.
+        sampler: ``sampler(checkpoint) -> f`` with ``f(n, generator) -> images [n, 784]`` in [0, 1] on the CPU,
+            or ``None`` for a model that does not generate.
+        log_likelihood: ``log_likelihood(checkpoint, test_split) -> (mean nats per image, standard error)``: an
+            estimate (or bound) of ``log p(x)`` on the test images, or ``None`` where the model has none.
+        log_likelihood_kind: what that number is (``"IWAE, K = 500"``, ``"exact"``, ``"AIS"``...).
+    """
+
+    name: str
+    label: str
+    chapter: str
+    load: Callable[..., Checkpoint]
+    sampler: Callable[[Checkpoint], Callable[[int, torch.Generator | None], torch.Tensor]] | None = None
+    log_likelihood: Callable | None = None
+    log_likelihood_kind: str | None = None
+
+
+def entries() -> list[Entry]:
+    """Every entry of every family in :data:`FAMILIES`, in the book's order."""
+    found: list[Entry] = []
+    for family in FAMILIES:
+        found.extend(importlib.import_module(f"dgmlab.zoo.{family}").ENTRIES)
+    names = [e.name for e in found]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise RuntimeError(f"dgmlab.zoo: entry names must be unique, repeated: {duplicated}")
+    return found
+
+
+def get(name: str) -> Entry:
+    """The entry called ``name``; the error lists the names there are."""
+    by_name = {e.name: e for e in entries()}
+    if name not in by_name:
+        raise KeyError(f"no model {name!r} in dgmlab.zoo; there are: {', '.join(by_name) or 'none yet'}")
+    return by_name[name]

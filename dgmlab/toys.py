@@ -4,7 +4,8 @@ A GAN never evaluates a density, but the claims about it do: the optimal discrim
 ``p_data / (p_data + p_g)``, the value of the game is a Jensen-Shannon divergence, a collapsed generator covers few
 modes. On a mixture of Gaussians all of these can be computed exactly (or by quadrature), so the book can check the
 derivations against numbers. One class, :class:`GaussianMixture` (isotropic components, any dimension), and
-constructors for the course's toys: :func:`mixture_1d` and :func:`ring`.
+constructors for the course's toys: :func:`mixture_1d` and :func:`ring`; and the mode counting of the GAN
+literature on these toys: :meth:`GaussianMixture.mode_coverage` (modes covered, share of high-quality samples).
 
 The 2-d toys live in the unit square, because :class:`dgmlab.models.gan.Generator` ends with a sigmoid (it
 generates pixels in (0, 1)); the same networks then serve MNIST and the toys.
@@ -12,6 +13,8 @@ generates pixels in (0, 1)); the same networks then serve MNIST and the toys.
 References:
     Metz et al., "Unrolled Generative Adversarial Networks", ICLR 2017 (the ring of 8 Gaussians),
     https://arxiv.org/abs/1611.02163
+    Srivastava et al., "VEEGAN: Reducing Mode Collapse in GANs using Implicit Variational Learning", NeurIPS 2017
+    (high-quality samples and modes covered), https://arxiv.org/abs/1705.07761
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ import torch
 
 from dgmlab.data import Split
 
-__all__ = ["GaussianMixture", "mixture_1d", "ring"]
+__all__ = ["GaussianMixture", "ModeCoverage", "HIGH_QUALITY_RADIUS", "mixture_1d", "ring"]
+
+# A sample is "high quality" when it lies within this many standard deviations of some component's mean
+# (Srivastava et al. 2017, section 5.1). For a d-dimensional isotropic Gaussian the share of its own samples that do
+# is the chi-square probability P(chi2_d <= 9): 98.9% in two dimensions.
+HIGH_QUALITY_RADIUS = 3.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,79 @@ class GaussianMixture:
         dist = torch.cdist(x, self.means)  # [N, K]
         d, k = dist.min(dim=1)
         return k, d / self.stds[k]
+
+    def standardized_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``||x - m_k|| / s_k`` for every point and component: ``[N, dim] -> [N, K]``, float64."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        x = x[:, None] if x.dim() == 1 and self.dim == 1 else x
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must be [N, {self.dim}] points of this mixture's space, got shape {tuple(x.shape)}")
+        return torch.cdist(x, self.means) / self.stds  # [N, K]
+
+    def mode_coverage(
+        self, x: torch.Tensor, radius: float = HIGH_QUALITY_RADIUS, min_share: float | None = None
+    ) -> ModeCoverage:
+        """Which modes (components) the samples ``x`` cover, and how many samples are of high quality.
+
+        Rules (Srivastava et al. 2017; Metz et al. 2017):
+
+        - a sample is **high quality** when its standardized distance ``||x - m_k|| / s_k`` to some component is at
+          most ``radius`` (3 by default); it is then assigned to the component of smallest standardized distance;
+        - component ``k`` is **covered** when the high-quality samples assigned to it are at least ``min_share`` of
+          all samples, and at least one. The default ``min_share = 1 / (10 K)`` (a tenth of a mode's share under
+          the mixture itself: 1.25% for 8 equal modes) keeps a few stray samples from counting as a mode;
+          ``min_share=0`` is VEEGAN's rule (one high-quality sample is enough).
+
+        Args:
+            x: samples ``[N, dim]`` (``[N]`` for a 1-d mixture), e.g. from a generator.
+            radius: the high-quality radius, in standard deviations of each component.
+            min_share: the share of all samples a component needs, in [0, 1].
+
+        Returns:
+            A :class:`ModeCoverage` (counts per component, ``modes_covered``, ``high_quality_share``).
+        """
+        if min_share is None:
+            min_share = 1 / (10 * len(self.weights))
+        if not 0 <= min_share <= 1 or not radius > 0:
+            raise ValueError(f"min_share must lie in [0, 1] and radius be positive, got {min_share} and {radius}")
+        dist = self.standardized_distances(x)  # [N, K]
+        if len(dist) == 0:
+            raise ValueError("x holds no samples")
+        d, k = dist.min(dim=1)  # [N], [N]
+        counts = torch.bincount(k[d <= radius], minlength=len(self.weights))  # high-quality samples per component
+        return ModeCoverage(counts, len(dist), radius, min_share)
+
+
+@dataclass(frozen=True)
+class ModeCoverage:
+    """What :meth:`GaussianMixture.mode_coverage` counted.
+
+    Attributes:
+        counts: high-quality samples assigned to each component, int64 ``[K]``.
+        n: all samples.
+        radius: the high-quality radius used (standard deviations).
+        min_share: the share of all samples a component needed to be covered.
+    """
+
+    counts: torch.Tensor
+    n: int
+    radius: float
+    min_share: float
+
+    @property
+    def covered(self) -> torch.Tensor:
+        """bool ``[K]``: component ``k`` holds at least one and at least ``min_share * n`` high-quality samples."""
+        return (self.counts >= 1) & (self.counts >= self.min_share * self.n)
+
+    @property
+    def modes_covered(self) -> int:
+        """The number of covered components."""
+        return int(self.covered.sum())
+
+    @property
+    def high_quality_share(self) -> float:
+        """The share of all samples that are of high quality, in [0, 1]."""
+        return int(self.counts.sum()) / self.n
 
 
 def mixture_1d(

@@ -104,3 +104,76 @@ def test_bad_parameters_are_rejected():
         mixture_1d([0.0, 1.0], [1.0, 0.0])
     with pytest.raises(ValueError):
         mixture_1d([0.0], [1.0], [-1.0])
+
+
+# --- mode counting ----------------------------------------------------------------------------------------------
+
+
+def _points_at(p: GaussianMixture, k: int, radii: list[float], seed: int = 0) -> torch.Tensor:
+    """Points at the given standardized distances from component k's mean, in random directions: [len(radii), dim]."""
+    u = torch.randn(len(radii), p.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    return p.means[k] + torch.tensor(radii, dtype=torch.float64)[:, None] * p.stds[k] * u
+
+
+def test_mode_coverage_counts_constructed_points():
+    p = ring()  # 8 modes, 13 standard deviations apart: a point within 3.5 of one is far from every other
+    x = torch.cat(
+        [
+            _points_at(p, 0, [0.0, 1.0, 2.99] * 10),  # 30 high-quality points at mode 0
+            _points_at(p, 3, [2.5]),  # one at mode 3
+            _points_at(p, 5, [3.01] * 20),  # 20 just outside mode 5's radius
+            torch.full((49, 2), 0.5, dtype=torch.float64),  # the ring's centre: 17.5 standard deviations from all
+        ]
+    )  # 100 points
+    c = p.mode_coverage(x)
+    expected = torch.zeros(8, dtype=torch.long)
+    expected[0], expected[3] = 30, 1
+    assert torch.equal(c.counts, expected) and c.n == 100
+    assert c.high_quality_share == 31 / 100
+    # default min_share = 1/80 of 100 samples: mode 0 (30) is covered, mode 3 (1 sample) is not
+    assert c.min_share == 1 / 80 and c.covered.tolist() == [True] + [False] * 7 and c.modes_covered == 1
+    assert p.mode_coverage(x, min_share=0).modes_covered == 2  # VEEGAN's rule: one sample is enough
+    assert p.mode_coverage(x, min_share=0.31).modes_covered == 0  # 30 < 31 samples
+    # a wider radius takes in the 20 points at 3.01 standard deviations, and mode 5 with them
+    wide = p.mode_coverage(x, radius=3.02)
+    assert wide.counts[5] == 20 and wide.modes_covered == 2 and wide.high_quality_share == 51 / 100
+
+
+def test_mode_coverage_assigns_by_standardized_distance():
+    # a narrow component beside a wide one: 4.0 is nearer to 5.0 in plain distance, but 4 and 10 standard
+    # deviations from the two means, so it is of no quality; 2.5 belongs to the wide one, 4.75 to the narrow one
+    p = mixture_1d([0.0, 5.0], [1.0, 0.1])
+    c = p.mode_coverage(torch.tensor([4.0, 2.5, 4.75, 4.75]), min_share=0)
+    assert c.counts.tolist() == [1, 2] and c.high_quality_share == 3 / 4
+    assert torch.allclose(
+        p.standardized_distances(torch.tensor([4.0])), torch.tensor([[4.0, 10.0]], dtype=torch.float64)
+    )
+
+
+def test_mode_coverage_of_the_mixtures_own_samples_follows_the_chi_square_law():
+    # for separated isotropic modes, a sample of component k is high quality iff ||eps|| <= 3, eps ~ N(0, I_dim):
+    # probability P(chi2_dim <= 9); and every mode is covered, with its weight's share
+    p, n = ring(), 100_000
+    x, k = p.sample_with_components(n, torch.Generator().manual_seed(5))
+    c = p.mode_coverage(x)
+    expected = stats.chi2.cdf(9, df=2)  # 1 - exp(-9/2) = 0.98889
+    assert abs(c.high_quality_share - expected) < 5 * math.sqrt(expected * (1 - expected) / n)
+    assert c.modes_covered == 8
+    share = c.counts.double() / n  # [8], each mode's weight times the high-quality probability
+    assert torch.allclose(share, p.weights * expected, atol=5 * math.sqrt(0.125 / n))
+    # a collapsed "generator" that draws from one mode only covers one
+    one = p.means[2] + p.stds[2] * torch.randn(2500, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert (
+        p.mode_coverage(one).modes_covered == 1 and p.mode_coverage(one).counts[2] == p.mode_coverage(one).counts.sum()
+    )
+
+
+def test_mode_coverage_rejects_bad_input():
+    p = ring()
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        p.mode_coverage(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="min_share"):
+        p.mode_coverage(torch.zeros(5, 2), min_share=1.5)
+    with pytest.raises(ValueError, match="no samples"):
+        p.mode_coverage(torch.zeros(0, 2))

@@ -1,14 +1,18 @@
 """A generative adversarial network with MLP generator and discriminator (Goodfellow et al., 2014).
 
-Read top to bottom: the config, the generator ``G``, the discriminator ``D``, the losses as small pure functions
-computed from logits, one discriminator step, one generator step, and :class:`GANStep`, which does one of each per
-batch for :func:`dgmlab.train.fit`.
+Read top to bottom: the config, the sampling rule every generator shares (:class:`SamplesFromNoise`), the generator
+``G``, the discriminator ``D``, the losses as small pure functions computed from logits, one discriminator step, one
+generator step, and :class:`GANStep`, which does one of each per batch for :func:`dgmlab.train.fit`.
 
 Notation (as in the book): ``z`` ~ N(0, I) is the noise, ``G(z)`` a generated image in [0, 1]^784, ``D(x)`` the
 discriminator's *logit* that ``x`` is real, so the probability is ``sigmoid(D(x))``.
 
+One-sided label smoothing (Salimans et al. 2016) is an option of the discriminator's loss: the real images get the
+target ``alpha`` (``label_smoothing``, e.g. 0.9) instead of 1, the fakes keep 0.
+
 References:
     Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014, https://arxiv.org/abs/1406.2661
+    Salimans et al., "Improved Techniques for Training GANs", NeurIPS 2016, https://arxiv.org/abs/1606.03498
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dgmlab.utils import eval_mode, get_device, module_device, randn
 __all__ = [
     "GANConfig",
     "GANTrainConfig",
+    "SamplesFromNoise",
     "Generator",
     "Discriminator",
     "discriminator_loss",
@@ -69,20 +74,10 @@ class GANConfig:
             raise ValueError(f"GANConfig sizes must be positive, got {self}")
 
 
-class Generator(nn.Module):
-    """``G``: noise ``z`` [B, z_dim] -> image ``x`` [B, x_dim] with pixels in (0, 1)."""
-
-    config_class = GANConfig
-
-    def __init__(self, config: GANConfig | None = None):
-        super().__init__()
-        self.config = config or GANConfig()
-        c = self.config
-        leaky_relu = partial(nn.LeakyReLU, c.negative_slope)
-        self.net = mlp((c.z_dim, *c.g_hidden, c.x_dim), leaky_relu, batch_norm=c.batch_norm)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(z))  # [B, x_dim]
+class SamplesFromNoise:
+    """The sampling rule of every generator ``G(z)`` in dgmlab (mixed into an ``nn.Module`` whose ``config`` has a
+    ``z_dim`` and whose ``forward`` maps noise [B, z_dim] to flat images [B, x_dim]): :meth:`sample` and
+    :meth:`generate`."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` images ``x = G(z)``, ``z ~ N(0, I)``: [n, x_dim] on the model's device.
@@ -97,6 +92,22 @@ class Generator(nn.Module):
         train/eval mode is restored. For interpolations in latent space."""
         with eval_mode(self):
             return self(z.to(module_device(self)))
+
+
+class Generator(SamplesFromNoise, nn.Module):
+    """``G``: noise ``z`` [B, z_dim] -> image ``x`` [B, x_dim] with pixels in (0, 1)."""
+
+    config_class = GANConfig
+
+    def __init__(self, config: GANConfig | None = None):
+        super().__init__()
+        self.config = config or GANConfig()
+        c = self.config
+        leaky_relu = partial(nn.LeakyReLU, c.negative_slope)
+        self.net = mlp((c.z_dim, *c.g_hidden, c.x_dim), leaky_relu, batch_norm=c.batch_norm)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z))  # [B, x_dim]
 
 
 class Discriminator(nn.Module):
@@ -119,19 +130,44 @@ class Discriminator(nn.Module):
 # softplus is computed stably by PyTorch for any l, where log(sigmoid(l)) would give -inf once sigmoid underflows.
 
 
-def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator's loss, minus the GAN value function (Goodfellow et al. 2014, eq. 1).
+def check_label_smoothing(label_smoothing: float) -> float:
+    """``label_smoothing`` as a float, or a ``ValueError`` unless it is a target ``alpha`` in (0, 1]."""
+    alpha = float(label_smoothing)
+    if not 0 < alpha <= 1:
+        raise ValueError(
+            f"label_smoothing is the target for real images, a number in (0, 1] (1.0: no smoothing, 0.9 as in "
+            f"Salimans et al. 2016), got {label_smoothing!r}"
+        )
+    return alpha
 
-    ``L_D = -E_x[log D(x)] - E_z[log(1 - D(G(z)))] = mean softplus(-l_real) + mean softplus(l_fake)``.
+
+def discriminator_loss(
+    d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor, label_smoothing: float = 1.0
+) -> torch.Tensor:
+    """The discriminator's loss, minus the GAN value function (Goodfellow et al. 2014, eq. 1), optionally with
+    one-sided label smoothing (Salimans et al. 2016, section 3.4).
+
+    ``L_D = -E_x[alpha log D(x) + (1 - alpha) log(1 - D(x))] - E_z[log(1 - D(G(z)))]``
+    ``    = mean [alpha softplus(-l_real) + (1 - alpha) softplus(l_real)] + mean softplus(l_fake)``,
+
+    the binary cross-entropy with target ``alpha`` on real images and 0 on fakes. With ``alpha = 1`` (the default)
+    it is ``-V(D, G)``. Its minimiser is ``D*(x) = alpha p_data(x) / (p_data(x) + p_g(x))``: D no longer pushes
+    its probability on real images beyond ``alpha``. Only the real side is smoothed: a target above 0 for the fakes
+    would reward D for giving fakes some probability where ``p_data`` is 0, and ``G`` would not be pushed away.
 
     Args:
         d_real_logits: D's logits on data, shape [B].
         d_fake_logits: D's logits on generated images, shape [B'].
+        label_smoothing: the target ``alpha`` for real images, in (0, 1]; 1.0 is no smoothing.
 
     Returns:
-        Scalar tensor. It equals ``2 log 2`` when D outputs 1/2 everywhere.
+        Scalar tensor. It equals ``2 log 2`` when D outputs 1/2 everywhere (for every ``alpha``).
     """
-    return F.softplus(-d_real_logits).mean() + F.softplus(d_fake_logits).mean()
+    alpha = check_label_smoothing(label_smoothing)
+    real = F.softplus(-d_real_logits).mean()
+    if alpha < 1:  # skipped at alpha = 1, so that the default is the unsmoothed loss to the last bit
+        real = alpha * real + (1 - alpha) * F.softplus(d_real_logits).mean()
+    return real + F.softplus(d_fake_logits).mean()
 
 
 def generator_loss_nonsaturating(d_fake_logits: torch.Tensor) -> torch.Tensor:
@@ -164,7 +200,11 @@ def generator_loss_saturating(d_fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def discriminator_step(
-    D: Discriminator, opt_D: torch.optim.Optimizer, x: torch.Tensor, x_fake: torch.Tensor
+    D: Discriminator,
+    opt_D: torch.optim.Optimizer,
+    x: torch.Tensor,
+    x_fake: torch.Tensor,
+    label_smoothing: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One gradient step on ``D`` with the generator fixed: minimise :func:`discriminator_loss`.
 
@@ -173,6 +213,7 @@ def discriminator_step(
         opt_D: optimizer over ``D``'s parameters only.
         x: a batch of data [B, x_dim].
         x_fake: generated images [B', x_dim]; detached here, so no gradient reaches ``G``.
+        label_smoothing: the target ``alpha`` for real images (see :func:`discriminator_loss`).
 
     Returns:
         ``d_loss`` (before the step), ``d_real`` and ``d_fake`` (mean D probability on real and fake images, as
@@ -180,7 +221,7 @@ def discriminator_step(
     """
     logits = D(torch.cat([x, x_fake.detach()]))  # one pass over real and fake: [B + B']
     l_real, l_fake = logits[: len(x)], logits[len(x) :]
-    loss = discriminator_loss(l_real, l_fake)
+    loss = discriminator_loss(l_real, l_fake, label_smoothing)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
@@ -237,22 +278,30 @@ class GANTrainConfig(TrainConfig):
         lr: Adam learning rate for both players (2e-4) and betas (0.5, 0.999), as in DCGAN (Radford et al., 2016).
         generator_loss: ``"nonsaturating"`` (maximise log D(G(z))) or ``"saturating"`` (minimise
             log(1 - D(G(z))), the minimax game as written).
+        label_smoothing: the discriminator's target ``alpha`` for real images (one-sided label smoothing,
+            Salimans et al. 2016): 1.0 is none, 0.9 is the usual choice. The fakes' target stays 0.
     """
 
     epochs: int = 30
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     generator_loss: str = "nonsaturating"
+    label_smoothing: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.label_smoothing = check_label_smoothing(self.label_smoothing)
         if self.generator_loss not in GENERATOR_LOSSES:
             raise ValueError(f"generator_loss must be one of {tuple(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
 
 
 class GANStep:
     """One batch of GAN training: a discriminator step on real and generated images, then a generator step on the
-    same generated images (Goodfellow et al. 2014, algorithm 1 with k = 1).
+    same generated images (Goodfellow et al. 2014, algorithm 1 with k = 1); ``config.label_smoothing`` sets the
+    discriminator's target for real images.
+
+    ``G`` and ``D`` are any generator and discriminator with the interfaces of :class:`Generator` and
+    :class:`Discriminator` (flat images [B, x_dim]), e.g. the convolutional ones of :mod:`dgmlab.models.dcgan`.
 
     The noise is drawn on a CPU generator seeded from ``config.seed`` (the same run on any device). Returns
     ``d_loss``, ``g_loss``, ``d_real``, ``d_fake`` per batch; ``evaluate(split)`` measures D's probabilities on
@@ -266,6 +315,7 @@ class GANStep:
         self.modules = {"G": self.G, "D": self.D}
         self.opt_G, self.opt_D = adam(self.G.parameters(), config), adam(self.D.parameters(), config)
         self.generator_loss = GENERATOR_LOSSES[getattr(config, "generator_loss", "nonsaturating")]
+        self.label_smoothing = getattr(config, "label_smoothing", 1.0)
         self.noise = torch.Generator().manual_seed(config.seed)
         self._G, self._D = compiled(self.G, config), compiled(self.D, config)  # the same networks, maybe compiled
 
@@ -273,13 +323,14 @@ class GANStep:
         # at least 2 noise vectors: batch norm in G cannot normalise a batch of one (a last batch of 1 image)
         z = randn(max(len(x), 2), self.G.config.z_dim, generator=self.noise, device=self.device)  # [B, z_dim]
         x_fake = self._G(z)  # [B, x_dim], with its graph for the generator step
-        terms = discriminator_step(self._D, self.opt_D, x, x_fake)
+        terms = discriminator_step(self._D, self.opt_D, x, x_fake, self.label_smoothing)
         terms.update(generator_step(self._D, self.opt_G, x_fake, self.generator_loss))
         return terms
 
     def evaluate(self, split, seed: int = 1234, batch_size: int = 500) -> dict[str, float]:
         """D's mean probability on ``split``'s images (``d_real``) and on as many samples of G (``d_fake``), and the
-        two losses, all in eval mode (no dropout, batch norm on running statistics, statistics not updated)."""
+        two losses (``d_loss`` with the training's label smoothing), all in eval mode (no dropout, batch norm on
+        running statistics, statistics not updated)."""
         g = torch.Generator().manual_seed(seed)
         sums, n = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}, 0
         with eval_mode(self.G, self.D):
@@ -287,7 +338,7 @@ class GANStep:
                 l_real = self.D(x)
                 l_fake = self.D(self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device)))
                 batch = {
-                    "d_loss": discriminator_loss(l_real, l_fake),
+                    "d_loss": discriminator_loss(l_real, l_fake, self.label_smoothing),
                     "g_loss": self.generator_loss(l_fake),
                     "d_real": torch.sigmoid(l_real).mean(),
                     "d_fake": torch.sigmoid(l_fake).mean(),

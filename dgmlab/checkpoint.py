@@ -28,6 +28,8 @@ MODEL_CLASSES = {
     "VAE": "dgmlab.models.vae:VAE",
     "Generator": "dgmlab.models.gan:Generator",
     "Discriminator": "dgmlab.models.gan:Discriminator",
+    "DCGenerator": "dgmlab.models.dcgan:DCGenerator",
+    "DCDiscriminator": "dgmlab.models.dcgan:DCDiscriminator",
     "Classifier": "dgmlab.models.classifier:Classifier",
 }
 # training-config fields that change how a model is trained, not what it learns: a mismatch does not retrain

@@ -31,6 +31,7 @@ MODEL_CLASSES = {
     "DCGenerator": "dgmlab.models.dcgan:DCGenerator",
     "DCDiscriminator": "dgmlab.models.dcgan:DCDiscriminator",
     "Classifier": "dgmlab.models.classifier:Classifier",
+    "AAE": "dgmlab.models.aae:AAE",
 }
 # training-config fields that change how a model is trained, not what it learns: a mismatch does not retrain
 IGNORED_TRAIN_FIELDS = ("device", "compile")

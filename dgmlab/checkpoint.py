@@ -32,6 +32,7 @@ MODEL_CLASSES = {
     "DCDiscriminator": "dgmlab.models.dcgan:DCDiscriminator",
     "Classifier": "dgmlab.models.classifier:Classifier",
     "AAE": "dgmlab.models.aae:AAE",
+    "Translator": "dgmlab.models.cyclegan:Translator",
 }
 # training-config fields that change how a model is trained, not what it learns: a mismatch does not retrain
 IGNORED_TRAIN_FIELDS = ("device", "compile")

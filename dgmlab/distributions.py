@@ -18,7 +18,9 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log Bern(x | sigmoid(logits)), summed over the last dim.
 
     log p(x) = x log s(l) + (1 - x) log(1 - s(l)) = x l - softplus(l), with s the sigmoid and l the logit.
-    The right-hand form never evaluates log(0), so extreme logits (|l| ~ 1e4) stay finite.
+    The right-hand form never evaluates log(0), so extreme logits (|l| ~ 1e4) stay finite. It is computed by
+    PyTorch's fused ``binary_cross_entropy_with_logits`` kernel (``= -(x l - softplus(l))``, elementwise): one pass
+    over the pixels forward and one backward instead of three, which the training loop feels.
 
     Args:
         x: ``[..., D]`` values in [0, 1] (binary for a proper likelihood).
@@ -27,7 +29,7 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[...]`` log-probabilities.
     """
-    return (x * logits - F.softplus(logits)).sum(-1)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def log_normal_diag(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

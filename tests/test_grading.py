@@ -423,7 +423,9 @@ def test_gradebook_is_written_atomically(tmp_path):
     ]
     g.write_gradebook(lab, results, tmp_path)
     rows = (tmp_path / "gradebook.csv").read_text().splitlines()
-    assert rows[0].startswith("student,reparam,kl,") and rows[0].endswith("total,max_total,status,reason,file,id_note")
+    assert rows[0].startswith("student,reparam,kl,") and rows[0].endswith(
+        "total,max_total,status,reason,file,id_note,sandbox"
+    )
     assert rows[1].startswith("ann,") and rows[2].startswith("bob,,10,")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert os.path.getsize(tmp_path / "gradebook.json") > 0

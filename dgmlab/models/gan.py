@@ -199,6 +199,11 @@ def generator_loss_saturating(d_fake_logits: torch.Tensor) -> torch.Tensor:
 # --- One step of each player ----------------------------------------------------------------------------------
 
 
+def uses_batch_norm(module: nn.Module) -> bool:
+    """Whether any submodule of ``module`` is a batch-norm layer (its outputs then depend on the whole batch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def discriminator_step(
     D: Discriminator,
     opt_D: torch.optim.Optimizer,
@@ -207,6 +212,9 @@ def discriminator_step(
     label_smoothing: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One gradient step on ``D`` with the generator fixed: minimise :func:`discriminator_loss`.
+
+    Real and generated images go through ``D`` as one batch, or as two when ``D`` uses batch norm (DCGAN's
+    discriminator), so that each is normalised by its own statistics.
 
     Args:
         D: the discriminator.
@@ -219,8 +227,14 @@ def discriminator_step(
         ``d_loss`` (before the step), ``d_real`` and ``d_fake`` (mean D probability on real and fake images, as
         seen by this step, in D's current mode), each a detached 0-d tensor.
     """
-    logits = D(torch.cat([x, x_fake.detach()]))  # one pass over real and fake: [B + B']
-    l_real, l_fake = logits[: len(x)], logits[len(x) :]
+    if uses_batch_norm(D):
+        # separate batches, as in DCGAN: batch norm normalises each by its own statistics, as the generator step
+        # will normalise its all-fake batch; one mixed batch would let D judge fakes against real statistics here
+        # and against fake ones in the generator step
+        l_real, l_fake = D(x), D(x_fake.detach())
+    else:
+        logits = D(torch.cat([x, x_fake.detach()]))  # one pass over real and fake: [B + B']
+        l_real, l_fake = logits[: len(x)], logits[len(x) :]
     loss = discriminator_loss(l_real, l_fake, label_smoothing)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()

@@ -31,6 +31,7 @@ MODEL_CLASSES = {
     "DCGenerator": "dgmlab.models.dcgan:DCGenerator",
     "DCDiscriminator": "dgmlab.models.dcgan:DCDiscriminator",
     "Classifier": "dgmlab.models.classifier:Classifier",
+    "RealNVP": "dgmlab.models.flow:RealNVP",
     "RBM": "dgmlab.models.rbm:RBM",
     "AAE": "dgmlab.models.aae:AAE",
     "Translator": "dgmlab.models.cyclegan:Translator",

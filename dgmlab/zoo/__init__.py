@@ -24,7 +24,7 @@ from dgmlab.checkpoint import Checkpoint
 __all__ = ["Entry", "FAMILIES", "entries", "get"]
 
 # family modules, in the order of the book; each defines ENTRIES
-FAMILIES: tuple[str, ...] = ("vae", "gan", "flow", "rbm", "aae")
+FAMILIES: tuple[str, ...] = ("vae", "gan", "gan_cures", "flow", "rbm", "aae")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ the same recipes, so a build trains each one once, and the comparison table of "
 (:func:`dgmlab.compare.comparison_table`) gets the very same weights.
 
 Every entry samples with the model's own rule (``z ~ N(0, I)``, then the decoder mean ``E[x | z]``, grey levels in
-[0, 1]) and estimates the test log-likelihood by importance sampling (the IWAE bound ``L_K`` of Burda et al.,
+[0, 1]) and estimates the test log-likelihood by importance sampling (the IWAE bound ``L_k`` of Burda et al.,
 2016, :func:`dgmlab.evaluate.iwae_log_likelihood`). A Bernoulli decoder is a distribution over *binary* images, so
 its estimate is on the test digits binarised once (seed 0, as in chapter 6); a Gaussian decoder is a density over
 grey levels, so its number is a log-density of the grey test digits, on another scale: the two are not comparable
@@ -44,7 +44,7 @@ __all__ = [
     "ENTRIES",
 ]
 
-# importance samples K per test digit and number of test digits of the entries' log-likelihood (full, fast)
+# importance samples k per test digit and number of test digits of the entries' log-likelihood (full, fast)
 IWAE_K, IWAE_K_FAST = 500, 32
 IWAE_N, IWAE_N_FAST = 500, 100
 BINARIZE_SEED = 0  # the one fixed binarisation of the test digits, as load_mnist("test", "static-sample", seed=0)
@@ -171,7 +171,7 @@ def chapter7_recipe(likelihood: str, beta: float = 1.0) -> VAERecipe:
 
 
 def iwae_settings() -> tuple[int, int]:
-    """``(K, n)``: importance samples per test digit and test digits used by the entries (fewer in fast mode)."""
+    """``(k, n)``: importance samples per test digit and test digits used by the entries (fewer in fast mode)."""
     return (IWAE_K_FAST, IWAE_N_FAST) if fast_mode() else (IWAE_K, IWAE_N)
 
 
@@ -211,7 +211,7 @@ def _log_likelihood(checkpoint: Checkpoint, test, binarized: bool) -> tuple[floa
 def _kind(binarized: bool) -> str:
     k, n = iwae_settings()
     pixels = "binarised test digits, log-probability" if binarized else "grey test digits, log-density"
-    return f"IWAE K = {k}, {n} {pixels}"
+    return f"IWAE, k = {k}, {n} {pixels}"
 
 
 def vae_entry(name: str, label: str, chapter: str, recipe: VAERecipe) -> Entry:

@@ -13,6 +13,10 @@ the critic is a :class:`~dgmlab.models.gan.Discriminator` with ``dropout=0`` or 
 :class:`~dgmlab.models.dcgan.DCDiscriminator` with ``d_batch_norm=False`` (its logit is ``f(x)``); the generator step
 is :func:`dgmlab.models.gan.generator_step` with the loss :func:`wgan_generator_loss`.
 
+Cost: the critic step differentiates twice (the penalty's gradient of a gradient), and the generator steps on one
+batch in ``n_critic``; on a CPU an epoch costs about as much as a GAN epoch with the same networks (GANStep).
+At equal epochs, the generator therefore takes ``n_critic`` times fewer steps than in a GAN.
+
 Notation (as in the book): ``f(x)`` the critic, ``x_hat = eps x + (1 - eps) G(z)`` with ``eps ~ U[0, 1]`` per
 example, ``lambda`` (``lambda_gp``) the penalty's weight, ``n_critic`` critic steps per generator step.
 

@@ -220,14 +220,17 @@ class AAETrainConfig(TrainConfig):
     """:class:`~dgmlab.step.TrainConfig` for the three steps of :class:`AAEStep` (one Adam optimiser each).
 
     Args:
-        lr: learning rate of the reconstruction step; ``lr_adv`` that of the discriminator and generator steps.
+        lr: learning rate of the reconstruction step (1e-3); ``lr_adv`` that of the discriminator and generator
+            steps (1e-3: the
+            encoder's adversarial steps must not be smaller than its reconstruction steps, or the codes of a class
+            take long to reach their component).
         betas: Adam's betas for all three (0.5 for the first moment, as for GANs).
     """
 
     epochs: int = 50
     batch_size: int = 100
     lr: float = 1e-3
-    lr_adv: float = 2e-4
+    lr_adv: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
 
     def __post_init__(self) -> None:

@@ -218,7 +218,7 @@ def comparison_table(
         A DataFrame indexed by entry name with the columns ``label``, ``family``, ``chapter``, ``n_samples``,
         ``fd``, ``precision``, ``recall``, ``density``, ``coverage``, ``classes_covered``, ``kl_to_uniform``,
         ``mean_image_distance``, ``nn_train_ratio`` (NaN without ``train``), ``log_likelihood``,
-        ``log_likelihood_se`` and ``log_likelihood_kind`` (NaN / ``None`` for a model without one).
+        ``log_likelihood_se`` and ``log_likelihood_kind`` (missing, NaN, for a model without one).
         :func:`display_table` prints it.
     """
     chosen = select(entries, families)

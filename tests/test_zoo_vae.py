@@ -91,7 +91,12 @@ def test_the_log_likelihood_is_a_bound_on_the_quadrature_value(fast_cache):
     assert entry.log_likelihood(checkpoint, load_mnist("test", binarize="static-sample", seed=0)) == (mean, se)
     z = torch.linspace(-8, 8, 4001, dtype=torch.float64)  # [Q]
     with torch.no_grad():
-        log_px_z = model.log_px(x[None].double(), model.decode(z[:, None].float()).double()[:, None])  # [Q, n]
+        log_px_z = torch.cat(
+            [
+                model.log_px(x.expand(len(zc), -1, -1), model.decode(zc[:, None].float())[:, None].expand(-1, n, -1))
+                for zc in z.split(200)
+            ]
+        ).double()  # [Q, n]
     log_prior = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
     log_w = torch.log(torch.full_like(z, float(z[1] - z[0])))  # the rectangle rule: the integrand is ~0 at +-8
     quad = torch.logsumexp(log_px_z + (log_prior + log_w)[:, None], dim=0)  # [n]

@@ -39,6 +39,8 @@ from dgmlab.models.gan import SamplesFromNoise
 
 __all__ = ["DCGANConfig", "DCGenerator", "DCDiscriminator", "dcgan_init_"]
 
+INITS = ("dcgan", "he")
+
 
 @dataclass
 class DCGANConfig:
@@ -52,6 +54,10 @@ class DCGANConfig:
         d_features: channels of ``D``'s first maps (size/2); its second maps (size/4) have twice as many.
         negative_slope: slope of ``D``'s LeakyReLU (0.2 as in the paper).
         d_batch_norm: batch normalisation in ``D``'s second layer; set it to False for a WGAN-GP critic.
+        init: the initial weights: ``"dcgan"``, N(0, 0.02^2) as in the paper; or ``"he"``, He et al. (2015)'s
+            normal initialisation for (leaky) ReLUs. Use ``"he"`` for a WGAN-GP critic: so initialised it starts
+            with gradient norms near 1 on MNIST digits, where the penalty wants them, instead of near 0.01, which
+            a few hundred steps of Adam at lr 1e-4 do not repair.
     """
 
     z_dim: int = 64
@@ -61,8 +67,11 @@ class DCGANConfig:
     d_features: int = 16
     negative_slope: float = 0.2
     d_batch_norm: bool = True
+    init: str = "dcgan"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"DCGANConfig.init must be one of {INITS}, got {self.init!r}")
         sizes = (self.z_dim, self.channels, self.image_size, self.g_features, self.d_features)
         if any(int(s) <= 0 for s in sizes):
             raise ValueError(f"DCGANConfig sizes must be positive, got {self}")
@@ -82,12 +91,17 @@ class DCGANConfig:
         return (self.channels, self.image_size, self.image_size)
 
 
-def dcgan_init_(module: nn.Module) -> nn.Module:
-    """The paper's initialisation, in place: convolution and linear weights from N(0, 0.02^2), batch-norm scales
-    from N(1, 0.02^2), biases 0 (drawn from PyTorch's global generator, like any default initialisation)."""
+def dcgan_init_(module: nn.Module, init: str = "dcgan", negative_slope: float = 0.0) -> nn.Module:
+    """Initialise ``module`` in place: convolution and linear weights from N(0, 0.02^2) (``init="dcgan"``, the
+    paper's) or from He et al.'s N(0, 2 / ((1 + a^2) fan_in)) for a leaky ReLU of slope ``a = negative_slope``
+    (``init="he"``); batch-norm scales from N(1, 0.02^2); biases 0. Drawn from PyTorch's global generator, like
+    any default initialisation."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            if init == "he":
+                nn.init.kaiming_normal_(m.weight, a=negative_slope, nonlinearity="leaky_relu")
+            else:
+                nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -125,7 +139,7 @@ class DCGenerator(SamplesFromNoise, nn.Module):
             nn.Sigmoid(),
             nn.Flatten(),  # [B, channels, size, size] -> [B, x_dim], the layout of the data batches
         )
-        dcgan_init_(self)
+        dcgan_init_(self, c.init)  # ReLU: slope 0
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # [B, x_dim]
@@ -156,7 +170,7 @@ class DCDiscriminator(nn.Module):
             nn.Flatten(),  # [B, 2F, s, s] -> [B, 2F s^2]
             nn.Linear(2 * f * s * s, 1),
         )
-        dcgan_init_(self)
+        dcgan_init_(self, c.init, c.negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -278,3 +278,18 @@ def test_energy_distance_against_scipy():
         - np.mean([np.linalg.norm(u - v) for u in y.numpy() for v in y.numpy()])
     )
     assert energy_distance(x, y) == pytest.approx(brute, rel=1e-10)
+
+
+def test_zoo_entries_sample_images_and_have_no_likelihood():
+    from dgmlab import zoo
+    from dgmlab.checkpoint import Checkpoint
+    from dgmlab.zoo.aae import ENTRIES, MIXTURE_LABELS, SWISS_ROLL
+
+    assert [e.name for e in ENTRIES] == ["aae-swiss-roll", "aae-mixture-labels"]
+    assert "aae" in zoo.FAMILIES and zoo.get("aae-swiss-roll") is ENTRIES[0]
+    assert MIXTURE_LABELS.model.conditional and not SWISS_ROLL.model.conditional
+    for entry, recipe in zip(ENTRIES, (SWISS_ROLL, MIXTURE_LABELS)):
+        assert entry.log_likelihood is None and entry.sampler is not None
+        untrained = Checkpoint(recipe.build())  # the entry's sampler on the recipe's (untrained) networks
+        x = entry.sampler(untrained)(6, torch.Generator().manual_seed(0))
+        assert x.shape == (6, 784) and x.device.type == "cpu" and 0 <= x.min() and x.max() <= 1

@@ -35,6 +35,8 @@ from dgmlab.models.mlp import mlp
 from dgmlab.step import TrainConfig, adam
 from dgmlab.utils import eval_mode, get_device, module_device
 
+RESIDUAL_EPS = 1e-3  # a residual translator clamps its input to [eps, 1 - eps] before the logit
+
 __all__ = [
     "CycleGANConfig",
     "Translator",
@@ -55,6 +57,9 @@ class CycleGANConfig:
         d_hidden: hidden widths of a discriminator.
         negative_slope: slope of the LeakyReLU activations.
         dropout: dropout in the discriminators.
+        residual: the translator starts as the identity: its output logits are ``logit(x)`` plus the MLP's, whose
+            last layer starts at zero, so it learns a change of its input rather than an image from scratch (the
+            role of the skip connections of the paper's ResNet translators).
     """
 
     x_dim: int = 784
@@ -62,6 +67,7 @@ class CycleGANConfig:
     d_hidden: tuple[int, ...] = (256,)
     negative_slope: float = 0.2
     dropout: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -72,7 +78,8 @@ class CycleGANConfig:
 
 class Translator(nn.Module):
     """A map between the domains: [B, x_dim] -> [B, x_dim] in (0, 1) (an MLP ending in a sigmoid: pixels, or points
-    in the unit square)."""
+    in the unit square). With ``config.residual`` it computes ``sigmoid(logit(x) + MLP(x))`` and starts as the
+    identity."""
 
     config_class = CycleGANConfig
 
@@ -81,9 +88,15 @@ class Translator(nn.Module):
         self.config = config or CycleGANConfig()
         c = self.config
         self.net = mlp((c.x_dim, *c.hidden, c.x_dim), partial(nn.LeakyReLU, c.negative_slope))
+        if c.residual:  # start at the identity: the MLP's contribution is zero until training moves it
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        logits = self.net(x)  # [B, x_dim]
+        if self.config.residual:
+            logits = logits + torch.logit(x, eps=RESIDUAL_EPS)  # sigmoid(logit(x)) = x, up to the clamping
+        return torch.sigmoid(logits)
 
     def translate(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """The translation of many inputs, in eval mode without gradients, on the CPU: [N, x_dim] -> [N, x_dim]."""

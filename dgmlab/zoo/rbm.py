@@ -36,7 +36,7 @@ __all__ = ["RBMRecipe", "CH15_RBM", "ais_settings", "ais_result", "test_log_like
 AIS_K, AIS_K_FAST = 5000, 300
 AIS_M, AIS_M_FAST = 100, 32
 AIS_SEED = 0
-SAMPLE_STEPS, SAMPLE_STEPS_FAST = 1000, 200  # Gibbs steps per sample of the entry's sampler
+SAMPLE_STEPS, SAMPLE_STEPS_FAST = 500, 200  # Gibbs steps per sample of the entry's sampler
 BINARIZE_SEED = 0  # the one fixed binarisation of the test digits, as load_mnist("test", "static-sample", seed=0)
 
 
@@ -63,7 +63,7 @@ class RBMRecipe:
     epochs: int
     fast_epochs: int
     k: int = 1
-    persistent: bool = True
+    persistent: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.0
 
@@ -196,12 +196,15 @@ def _kind() -> str:
 
 
 # --- chapter 15 -----------------------------------------------------------------------------------------------
-CH15_RBM = RBMRecipe("ch15-rbm-pcd", RBMConfig(n_visible=784, n_hidden=500), epochs=30, fast_epochs=2, k=1)
+# CD-1: with this budget (30 epochs of 4,000 digits, Adam) persistent CD gave a much lower AIS log-likelihood
+CH15_RBM = RBMRecipe(
+    "ch15-rbm-cd1", RBMConfig(n_visible=784, n_hidden=500), epochs=30, fast_epochs=3, k=1, persistent=False
+)
 
 ENTRIES: tuple[Entry, ...] = (
     Entry(
         name="rbm",
-        label="RBM, 500 hidden units, PCD-1",
+        label="RBM, 500 hidden units, CD-1",
         chapter="book/15_rbm",
         load=CH15_RBM.load,
         sampler=_sampler,

@@ -98,11 +98,11 @@ def test_he_initialisation_gives_a_critic_unit_scale_gradients_on_digits():
     norms = {}
     for init in ("dcgan", "he"):
         torch.manual_seed(0)
-        f = DCDiscriminator(DCGANConfig(d_batch_norm=False, init=init))
+        f = DCDiscriminator(DCGANConfig(d_batch_norm=False, d_init=init))
         norms[init] = gradient_norm(f, x, create_graph=False).mean().item()
     assert norms["dcgan"] < 0.05 and 0.4 < norms["he"] < 2.5, norms
-    with pytest.raises(ValueError, match="init must be one of"):
-        DCGANConfig(init="xavier")
+    with pytest.raises(ValueError, match="d_init must be one of"):
+        DCGANConfig(d_init="xavier")
 
 
 def test_gradients_reach_every_parameter():

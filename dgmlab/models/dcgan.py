@@ -54,10 +54,11 @@ class DCGANConfig:
         d_features: channels of ``D``'s first maps (size/2); its second maps (size/4) have twice as many.
         negative_slope: slope of ``D``'s LeakyReLU (0.2 as in the paper).
         d_batch_norm: batch normalisation in ``D``'s second layer; set it to False for a WGAN-GP critic.
-        init: the initial weights: ``"dcgan"``, N(0, 0.02^2) as in the paper; or ``"he"``, He et al. (2015)'s
-            normal initialisation for (leaky) ReLUs. Use ``"he"`` for a WGAN-GP critic: so initialised it starts
-            with gradient norms near 1 on MNIST digits, where the penalty wants them, instead of near 0.01, which
-            a few hundred steps of Adam at lr 1e-4 do not repair.
+        d_init: ``D``'s initial weights: ``"dcgan"``, N(0, 0.02^2) as in the paper; or ``"he"``, He et al.
+            (2015)'s normal initialisation for leaky ReLUs. Use ``"he"`` for a WGAN-GP critic: so initialised it
+            starts with gradient norms near 1 on MNIST digits, where the penalty wants them, instead of near 0.01,
+            which a few hundred steps of Adam at lr 1e-4 do not repair. (``G`` always starts from the paper's
+            initialisation: He's would saturate its sigmoid into salt-and-pepper noise.)
     """
 
     z_dim: int = 64
@@ -67,11 +68,11 @@ class DCGANConfig:
     d_features: int = 16
     negative_slope: float = 0.2
     d_batch_norm: bool = True
-    init: str = "dcgan"
+    d_init: str = "dcgan"
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"DCGANConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.d_init not in INITS:
+            raise ValueError(f"DCGANConfig.d_init must be one of {INITS}, got {self.d_init!r}")
         sizes = (self.z_dim, self.channels, self.image_size, self.g_features, self.d_features)
         if any(int(s) <= 0 for s in sizes):
             raise ValueError(f"DCGANConfig sizes must be positive, got {self}")
@@ -139,7 +140,7 @@ class DCGenerator(SamplesFromNoise, nn.Module):
             nn.Sigmoid(),
             nn.Flatten(),  # [B, channels, size, size] -> [B, x_dim], the layout of the data batches
         )
-        dcgan_init_(self, c.init)  # ReLU: slope 0
+        dcgan_init_(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # [B, x_dim]
@@ -170,7 +171,7 @@ class DCDiscriminator(nn.Module):
             nn.Flatten(),  # [B, 2F, s, s] -> [B, 2F s^2]
             nn.Linear(2 * f * s * s, 1),
         )
-        dcgan_init_(self, c.init, c.negative_slope)
+        dcgan_init_(self, c.d_init, c.negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -24,11 +24,12 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
     Args:
         x: ``[..., D]`` values in [0, 1] (binary for a proper likelihood).
-        logits: ``[..., D]`` real logits.
+        logits: ``[..., D]`` real logits; ``x`` and ``logits`` broadcast against each other.
 
     Returns:
         ``[...]`` log-probabilities.
     """
+    x, logits = torch.broadcast_tensors(x, logits)  # the kernel wants equal shapes; callers may broadcast
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 

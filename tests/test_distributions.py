@@ -62,6 +62,17 @@ def test_log_bernoulli_matches_direct_formula(grey):
     torch.testing.assert_close(log_bernoulli(x, logits), direct)
 
 
+def test_log_bernoulli_broadcasts_like_the_formula():
+    g = torch.Generator().manual_seed(2)
+    x = torch.bernoulli(torch.full((3, 1, 10), 0.5, dtype=torch.float64), generator=g)  # [B, 1, D]
+    logits = torch.randn(3, 4, 10, generator=g, dtype=torch.float64)  # [B, S, D]
+    p = torch.sigmoid(logits)
+    direct = (x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(-1)  # [B, S]
+    torch.testing.assert_close(log_bernoulli(x, logits), direct)
+    one = x[0, 0]  # one image [D] against every logit vector
+    torch.testing.assert_close(log_bernoulli(one, logits), (one * torch.log(p) + (1 - one) * torch.log(1 - p)).sum(-1))
+
+
 def test_log_bernoulli_is_finite_for_extreme_logits():
     logits = torch.tensor([[-1e4, -100.0, 0.0, 100.0, 1e4]])
     for x in (torch.zeros_like(logits), torch.ones_like(logits)):

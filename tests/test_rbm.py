@@ -295,3 +295,25 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.free_energy(v), rbm.free_energy(v), rtol=0, atol=0)
         torch.testing.assert_close(free_energy(v, loaded.model.W, loaded.model.b, loaded.model.c), rbm(v))
+
+
+def test_zoo_log_likelihood_reuses_the_saved_ais_and_combines_the_errors():
+    from dgmlab.checkpoint import Checkpoint
+    from dgmlab.zoo import rbm as zoo_rbm
+
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(n_visible=784, n_hidden=8, init_std=0.05))
+    K, M = zoo_rbm.ais_settings()
+    saved = {"log_z": 123.0, "log_z_se": 0.3, "log_w": torch.zeros(M), "n_betas": K, "n_runs": M, "seed": 0}
+    checkpoint = Checkpoint({"model": model}, extra={"ais": saved})
+    v = (torch.rand(50, 784, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    # a plain tensor of 0/1 pixels is "binarised" again by the entry, which leaves it unchanged
+    result = zoo_rbm.test_log_likelihood(checkpoint, v)
+    with torch.no_grad():
+        ll = -model.free_energy(v) - 123.0
+    torch.testing.assert_close(result["ll"], ll)
+    se_digits = ll.std().item() / math.sqrt(len(ll))
+    assert result["se"] == pytest.approx(math.hypot(se_digits, 0.3))
+    entry = next(e for e in zoo_rbm.ENTRIES if e.name == "rbm")
+    assert entry.log_likelihood(checkpoint, v) == (result["mean"], result["se"]) and "AIS" in entry.log_likelihood_kind
+    assert checkpoint.extra["ais"] is saved  # reused, not recomputed

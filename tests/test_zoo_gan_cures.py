@@ -113,3 +113,16 @@ def test_load_trains_once_then_reuses_the_checkpoint(fast_cache, name):
     x = gan_cures._sampler(second)(7, torch.Generator().manual_seed(0))
     assert x.shape == (7, 784) and x.device.type == "cpu" and 0 < x.min() and x.max() < 1
     assert torch.equal(x, gan_cures._sampler(second)(7, torch.Generator().manual_seed(0)))
+
+
+def test_the_wgan_gp_critic_starts_with_gradient_norms_near_the_penalty_target():
+    # He's initialisation (DCGANConfig(d_init="he")): on digits and samples, the untrained critic's gradient norm is
+    # of order 1, where the paper's N(0, 0.02^2) would give about 0.01 and the penalty would dominate the start
+    from dgmlab.data import load_mnist
+    from dgmlab.models.wgan import gradient_norm, interpolates
+
+    modules = gan_cures.WGAN_GP.build()
+    x = load_mnist("train", source="embedded", verbose=False).x[:64]
+    x_fake = modules["G"].sample(64, torch.Generator().manual_seed(0))
+    norms = gradient_norm(modules["f"], interpolates(x, x_fake, torch.Generator().manual_seed(1)), create_graph=False)
+    assert 0.2 < norms.median().item() < 5

@@ -16,7 +16,9 @@ Frechet distance here is not the Inception FID of the papers.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import math
 
 import pandas as pd
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from dgmlab.checkpoint import Checkpoint
 from dgmlab.data import Split
 from dgmlab.metrics import sample_metrics
+from dgmlab.utils import atomic_write_text, cache_dir
 from dgmlab.zoo import FAMILIES, Entry, get
 
 __all__ = ["COLUMNS", "comparison_table", "display_table", "images_entry", "nearest_train_distance", "select"]
@@ -190,6 +193,7 @@ def comparison_table(
     k: int = 5,
     log_likelihood: bool = True,
     device: str = "cpu",
+    cache: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per model: sample quality and diversity on classifier features, memorisation, log-likelihood.
@@ -212,6 +216,10 @@ def comparison_table(
         k: neighbours of the k-NN metrics (precision, recall, density, coverage).
         log_likelihood: compute each entry's log-likelihood estimate where it has one (the slow part).
         device: where the models are loaded (the metrics run on the CPU).
+        cache: reuse a row computed before for the same weights, settings, classifier and data, and save new rows
+            (under ``cache_dir() / "tables"``), so that later chapters showing the same models do not measure them
+            again. A row is keyed by a hash of every tensor it depends on, so a retrained model gets a new row;
+            entries without weights (:func:`images_entry`) are always measured.
         progress: a progress bar over the models.
 
     Returns:
@@ -240,6 +248,8 @@ def comparison_table(
     train_x = None if train is None else (train.x if isinstance(train, Split) else torch.as_tensor(train))
     test_nn = None if train_x is None else nearest_train_distance(test_x, train_x).median().item()
     families_of = _family_of()
+    settings = {"n_samples": n_samples, "seed": seed, "k": k, "log_likelihood": log_likelihood}
+    data_key = _hash_tensors([test_x] + ([] if train_x is None else [train_x]) + list(classifier.state_dict().values()))
     rows = []
     bar = tqdm(chosen, disable=not progress, desc="comparison table")
     for entry in bar:
@@ -247,6 +257,13 @@ def comparison_table(
         if entry.sampler is None:
             raise ValueError(f"{entry.name!r} does not generate (its entry has no sampler); leave it out")
         checkpoint = entry.load(device=device, verbose=progress)
+        path = _row_path(entry, checkpoint, settings, data_key) if cache and checkpoint.modules else None
+        if path is not None and path.is_file():
+            try:
+                rows.append({**json.loads(path.read_text()), "label": entry.label, "chapter": entry.chapter})
+                continue
+            except (OSError, ValueError):
+                pass  # a damaged file is measured again below
         x = _samples(entry, checkpoint, n_samples, seed)
         row = {
             "name": entry.name,
@@ -265,7 +282,33 @@ def comparison_table(
             kind = entry.log_likelihood_kind
         row.update({"log_likelihood": float(mean), "log_likelihood_se": float(se), "log_likelihood_kind": kind})
         rows.append(row)
+        if path is not None:
+            try:
+                atomic_write_text(path, json.dumps({key: _plain(v) for key, v in row.items()}))
+            except OSError:
+                pass  # a read-only cache only costs the time to measure again
     return pd.DataFrame(rows).set_index("name")
+
+
+def _hash_tensors(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = torch.as_tensor(t).detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _row_path(entry: Entry, checkpoint: Checkpoint, settings: dict, data_key: str):
+    """Where the row of this entry's weights, measured with these settings on these data, is cached."""
+    weights = [t for m in checkpoint.modules.values() for t in m.state_dict().values()]
+    key = json.dumps([entry.name, entry.log_likelihood_kind, settings, data_key, _hash_tensors(weights)])
+    return cache_dir() / "tables" / f"{entry.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _plain(v):
+    """A value of a row as plain JSON data (numpy and torch scalars to Python numbers)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def display_table(table: pd.DataFrame, columns=None, digits: int = 3) -> pd.DataFrame:

@@ -145,3 +145,32 @@ def test_families_select_the_zoo_in_book_order():
     assert "vae" in FAMILIES and FAMILIES[0] == "vae"
     assert {"vae-z20", "vae-z2"} <= {e.name for e in compare.select(families="vae")}
     assert isinstance(compare.display_table(pd.DataFrame(columns=["label", "fd"])), pd.DataFrame)
+
+
+def test_cached_rows_are_reused_for_the_same_weights_and_measured_again_for_new_ones(
+    data, classifier, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DGMLAB_CACHE", str(tmp_path))
+    _, test = data
+    weights = torch.nn.Linear(2, 1)
+    calls = []
+
+    def sampler(checkpoint):
+        def sample(n, generator):
+            calls.append(n)
+            return test.x[torch.randperm(len(test), generator=generator)[:n]]
+
+        return sample
+
+    entry = Entry(
+        "w", "W", "book/x", load=lambda device="cpu", verbose=True: Checkpoint({"m": weights}), sampler=sampler
+    )
+    first = compare.comparison_table([entry], classifier, test, n_samples=200, cache=True, progress=False)
+    again = compare.comparison_table([entry], classifier, test, n_samples=200, cache=True, progress=False)
+    assert len(calls) == 1 and len(list((tmp_path / "tables").glob("w-*.json"))) == 1
+    pd.testing.assert_frame_equal(first, again, check_dtype=False)
+    compare.comparison_table([entry], classifier, test, n_samples=300, cache=True, progress=False)  # other settings
+    with torch.no_grad():
+        weights.bias += 1  # "retrained"
+    compare.comparison_table([entry], classifier, test, n_samples=200, cache=True, progress=False)
+    assert calls == [200, 300, 200]

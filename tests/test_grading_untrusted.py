@@ -82,7 +82,12 @@ def test_an_executed_notebook_is_rebuilt_with_outputs_capped(tmp_path):
     line = {"output_type": "stream", "name": "stdout", "text": "x" * (CELL_OUTPUT_BYTES // 3)}
     raw = {
         "cells": [
-            {"cell_type": "code", "source": ["print(1)"], "metadata": {"tags": "not a list"}, "outputs": [line] * 6},
+            {
+                "cell_type": "code",
+                "source": ["print(1)"],
+                "metadata": {"tags": "not a list", "papermill": {"duration": 1.5, "exception": {"x": 1}}},
+                "outputs": [line] * 6,
+            },
             {"cell_type": "code", "source": 5, "metadata": [], "outputs": "nope", "execution_count": "3"},
             {"cell_type": "evil", "source": "?"},
             "not a cell",
@@ -96,6 +101,7 @@ def test_an_executed_notebook_is_rebuilt_with_outputs_capped(tmp_path):
     assert len(first) == 3 and "dropped when the run was read back" in first[-1].text  # 2 of 6 fit in the cap
     assert nb.cells[1].source == "" and nb.cells[1].execution_count is None and nb.cells[2].cell_type == "raw"
     assert len(nb.cells) == 3 and notes and "outputs of cell 0" in notes[0]
+    assert nb.cells[0].metadata == {"papermill": {"duration": 1.5}}  # the cell's time is kept, nothing else
 
 
 def test_a_status_file_is_trusted_for_nothing(tmp_path):

@@ -78,6 +78,9 @@ def _cell(c: dict, index: int, used: int) -> tuple[nbformat.NotebookNode, int, s
         cell.execution_count = count if isinstance(count, int) and not isinstance(count, bool) else None
     if tags:
         cell.metadata["tags"] = tags
+    timing = meta.get("papermill") if isinstance(meta.get("papermill"), dict) else {}
+    if isinstance(timing.get("duration"), (int, float)) and not isinstance(timing.get("duration"), bool):
+        cell.metadata["papermill"] = {"duration": float(timing["duration"])}  # how long it ran, as papermill saw it
     cut = ""
     if kind != "code":
         return cell, used, cut

@@ -1,16 +1,20 @@
 """Benchmark: how long `dgmlab grade` takes for one correct submission and for a class of them.
 
 The reference solution of a lab (its source notebook, solutions included) is copied N times as if N students had
-handed it in, then graded twice in one run: one submission alone with one worker, and all N with ``--workers``.
-Every copy must get full marks, otherwise the benchmark fails (a fast grader that gives wrong grades is no use).
+handed it in, then graded twice for each sandbox setting: one submission alone with one worker, and all N with
+``--workers``. Every copy must get full marks, otherwise the benchmark fails (a fast grader that gives wrong grades
+is no use). For the one submission it also reports where the time went: the kernel's cells as papermill timed
+them (the grader's first cell includes importing PyTorch) and the rest (starting the runner and the kernel, the
+sandbox, the export and the judging).
 
-    python benchmarks/bench_grading.py                       # both labs, 20 submissions, 2 workers
-    python benchmarks/bench_grading.py --labs lab1_vae --n 4 --workers 2
+    python benchmarks/bench_grading.py                       # both labs, 20 submissions, 2 workers, sandbox on and off
+    python benchmarks/bench_grading.py --labs lab1_vae --n 4 --workers 2 --sandbox bwrap
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -22,10 +26,24 @@ from dgmlab.grading.lab import load_lab
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_grade(lab, files: list[Path], out: Path, workers: int) -> tuple[float, list[dict]]:
+def timed_grade(lab, files: list[Path], out: Path, workers: int, sandbox: str) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
-    results = grade(lab, [str(f) for f in files], str(out), workers=workers, force=True, progress=False)
+    paths = [str(f) for f in files]
+    results = grade(lab, paths, str(out), workers=workers, force=True, progress=False, sandbox=sandbox)
     return time.perf_counter() - t0, results
+
+
+def where_time_went(executed: Path, total: float) -> str:
+    """The slowest cells of one run as papermill timed them, and what the rest of ``total`` was."""
+    nb = json.loads(executed.read_text())
+    cells = []
+    for i, c in enumerate(nb["cells"]):
+        seconds = c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+        first = "".join(c.get("source", "")).splitlines()[:1] or [""]
+        cells.append((seconds, i, first[0][:50]))
+    in_cells = sum(s for s, _, _ in cells)
+    top = ", ".join(f"cell {i} {s:.1f} s ({text})" for s, i, text in sorted(cells, reverse=True)[:4])
+    return f"cells {in_cells:.1f} s [{top}]; outside the cells {total - in_cells:.1f} s"
 
 
 def check_full_marks(results: list[dict], max_total: float) -> None:
@@ -39,28 +57,30 @@ def main() -> None:
     parser.add_argument("--labs", nargs="+", default=["lab1_vae", "lab2_gan"])
     parser.add_argument("--n", type=int, default=20, help="submissions in the class run (default 20)")
     parser.add_argument("--workers", type=int, default=2, help="workers for the class run (default 2)")
+    parser.add_argument("--sandbox", nargs="+", default=["bwrap", "none"], help="sandbox settings to measure")
     args = parser.parse_args()
 
-    rows = []
     for name in args.labs:
         lab = load_lab(ROOT / "labs" / name)
-        with tempfile.TemporaryDirectory(prefix="dgmlab-bench-") as tmp:
-            tmp = Path(tmp)
-            subs = tmp / "submissions"
-            subs.mkdir()
-            files = [subs / f"student{i:03d}.ipynb" for i in range(args.n)]
-            for f in files:
-                shutil.copyfile(lab.notebook, f)
-            one_s, one = timed_grade(lab, files[:1], tmp / "one", workers=1)
-            class_s, many = timed_grade(lab, files, tmp / "class", workers=args.workers)
-            max_total = one[0].get("max_total")
-            check_full_marks(one + many, max_total)
-        rows.append((name, one_s, class_s))
-        print(
-            f"{name}: one correct submission {one_s:.1f} s (1 worker); {args.n} submissions {class_s:.1f} s "
-            f"({args.workers} workers, {class_s / args.n:.1f} s each, {args.n * one_s / class_s:.2f}x the "
-            "one-at-a-time rate); all got full marks"
-        )
+        for sandbox in args.sandbox:
+            with tempfile.TemporaryDirectory(prefix="dgmlab-bench-") as tmp:
+                tmp = Path(tmp)
+                subs = tmp / "submissions"
+                subs.mkdir()
+                files = [subs / f"student{i:03d}.ipynb" for i in range(args.n)]
+                for f in files:
+                    shutil.copyfile(lab.notebook, f)
+                one_s, one = timed_grade(lab, files[:1], tmp / "one", 1, sandbox)
+                split = where_time_went(tmp / "one" / "students" / "student000" / "executed.ipynb", one_s)
+                class_s, many = timed_grade(lab, files, tmp / "class", args.workers, sandbox)
+                max_total = one[0].get("max_total")
+                check_full_marks(one + many, max_total)
+            print(
+                f"{name}, sandbox {sandbox}: one correct submission {one_s:.1f} s (1 worker: {split}); "
+                f"{args.n} submissions {class_s:.1f} s ({args.workers} workers, {class_s / args.n:.1f} s each, "
+                f"{args.n * one_s / class_s:.2f}x the one-at-a-time rate); all got full marks",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

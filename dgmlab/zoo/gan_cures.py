@@ -109,7 +109,7 @@ class GANCureRecipe:
     checkpoint: str
     architecture: str = "mlp"
     objective: str = "gan"
-    epochs: int = 6
+    epochs: int = 4
     fast_epochs: int = 1
     fast_n_train: int = 1000
     batch_size: int = 64

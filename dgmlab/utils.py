@@ -87,6 +87,19 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+def glue(name: str, value, display: bool = True):
+    """``myst_nb.glue`` for the book's chapters, with numpy scalars and 0-d tensors turned into Python numbers first.
+
+    myst-nb formats a glued number (``{glue:text}`name:.2f```) from the value's ``repr``, and numpy 2 writes
+    ``np.float64(0.5)``, which it cannot format: the page would show the raw text and the build (``-W``) fails.
+    """
+    from myst_nb import glue as myst_glue
+
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        value = value.item()
+    return myst_glue(name, value, display=display)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's global generators (call once, in a notebook's setup cell).
 

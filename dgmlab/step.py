@@ -9,14 +9,15 @@ model (``VAEStep`` in :mod:`dgmlab.models.vae`, ``GANStep`` in :mod:`dgmlab.mode
 - ``step.device``: where the networks and the batches live;
 - ``step(x, y) -> dict[str, Tensor]``: one update on a batch; returns the batch means of its named terms as
   detached 0-d tensors (not floats: converting every batch would stop a GPU once per batch);
-- optionally ``step.evaluate(split) -> dict[str, float]`` (validation terms) and ``step.sample(n, generator)``.
+- optionally ``step.evaluate(split) -> dict[str, float]`` (validation terms, usually through
+  :func:`held_out_means`) and ``step.sample(n, generator)``.
 
 Model modules import this module, never the trainer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -78,6 +79,23 @@ def adam(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Ada
 def batch_mean(value: torch.Tensor) -> torch.Tensor:
     """A term for the history: its mean over the batch, detached (kept on the device: no synchronisation)."""
     return value.detach().mean()
+
+
+def held_out_means(
+    split, terms: Callable[[torch.Tensor], dict[str, torch.Tensor | float]], batch_size: int, device, seed: int
+) -> dict[str, float]:
+    """What a step's ``evaluate`` reports: the example-weighted means over ``split`` of ``terms(x)``, a dict of the
+    batch means of named terms, for batches of ``split`` in order (not shuffled; ``seed`` fixes a dynamic
+    binarisation). The caller sets the networks' mode (``with eval_mode(...)``: eval mode, no gradients)."""
+    sums: dict[str, float] = {}
+    n = 0
+    for x, _ in split.batches(batch_size, shuffle=False, device=device, seed=seed):
+        for key, value in terms(x).items():
+            sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+        n += len(x)
+    if n == 0:
+        raise ValueError("evaluate: the split holds no examples")
+    return {key: value / n for key, value in sums.items()}
 
 
 def compiled(fn, config: TrainConfig):

@@ -278,3 +278,25 @@ def test_compile_true_trains_the_same_model(data):
         assert runs[True][0][key] == pytest.approx(runs[False][0][key], rel=1e-4), key
     for name, w in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][name], w, rtol=1e-3, atol=1e-5)
+
+
+def test_held_out_means_weights_batches_by_their_size_and_refuses_an_empty_split():
+    from dgmlab.step import held_out_means
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(7, 5, generator=g, dtype=torch.float64)  # 7 examples in batches of 3: the last batch holds 1
+    split = Split(x, torch.zeros(7, dtype=torch.long), "test", "memory")
+    seen = []
+
+    def terms(xb):
+        seen.append(len(xb))
+        return {"mean": xb.mean(), "row_sum": xb.sum(1).mean(), "count": 1.0}
+
+    got = held_out_means(split, terms, batch_size=3, device="cpu", seed=0)
+    assert seen == [3, 3, 1]  # every example once, in order
+    # against the full-batch values: an unweighted mean of the batch means would give (.. + .. + x[6]) / 3
+    assert math.isclose(got["mean"], x.mean().item(), rel_tol=1e-12)
+    assert math.isclose(got["row_sum"], x.sum(1).mean().item(), rel_tol=1e-12)
+    assert got["count"] == 1.0
+    with pytest.raises(ValueError, match="no examples"):
+        held_out_means(split.subset(0), terms, batch_size=3, device="cpu", seed=0)

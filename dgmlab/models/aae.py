@@ -36,7 +36,7 @@ from dgmlab.distributions import log_bernoulli
 from dgmlab.models.gan import Discriminator, GANConfig, discriminator_step, generator_step
 from dgmlab.models.mlp import mlp
 from dgmlab.priors import make_prior
-from dgmlab.step import TrainConfig, adam, batch_mean
+from dgmlab.step import TrainConfig, adam, batch_mean, held_out_means
 from dgmlab.utils import eval_mode, get_device, module_device
 
 __all__ = [
@@ -304,12 +304,10 @@ class AAEStep:
 
     def evaluate(self, split, batch_size: int = 500) -> dict[str, float]:
         """Mean reconstruction term ``-log p(x | E(x))`` on ``split`` (nats per image), in eval mode."""
-        total, n = 0.0, 0
         with eval_mode(self.model):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=0):
-                total += float(reconstruction_loss(x, self.model(x)[0]).sum())
-                n += len(x)
-        return {"recon": total / n}
+            return held_out_means(
+                split, lambda x: {"recon": reconstruction_loss(x, self.model(x)[0]).mean()}, batch_size, self.device, 0
+            )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.model.sample(n, generator)

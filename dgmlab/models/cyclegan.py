@@ -32,7 +32,7 @@ from torch import nn
 
 from dgmlab.models.gan import Discriminator, GANConfig, discriminator_step, generator_loss_nonsaturating
 from dgmlab.models.mlp import mlp
-from dgmlab.step import TrainConfig, adam
+from dgmlab.step import TrainConfig, adam, held_out_means
 from dgmlab.utils import eval_mode, get_device, module_device
 
 RESIDUAL_EPS = 1e-3  # a residual translator clamps its input to [eps, 1 - eps] before the logit
@@ -215,9 +215,7 @@ class CycleGANStep:
 
     def evaluate(self, split, batch_size: int = 500) -> dict[str, float]:
         """``cycle_x``: the mean ``|F(G(x)) - x|`` per coordinate on ``split``'s images of X, in eval mode."""
-        total, n = 0.0, 0
         with eval_mode(self.G, self.F):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=0):
-                total += float(cycle_loss(x, self.F(self.G(x)))) * len(x)
-                n += len(x)
-        return {"cycle_x": total / n}
+            return held_out_means(
+                split, lambda x: {"cycle_x": cycle_loss(x, self.F(self.G(x)))}, batch_size, self.device, 0
+            )

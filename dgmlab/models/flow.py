@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dgmlab.distributions import log_standard_normal
-from dgmlab.step import TrainConfig, adam, batch_mean, compiled
+from dgmlab.step import TrainConfig, adam, batch_mean, compiled, held_out_means
 from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 __all__ = [
@@ -433,12 +433,14 @@ class FlowStep:
 
     def evaluate(self, split, seed: int = 1234, batch_size: int = 500) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed)
-        total, n = 0.0, 0
         with eval_mode(self.model):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=seed):
-                total += flow_bpd(self.model, x, g, self.config.levels).sum().item()
-                n += len(x)
-        return {"bpd": total / n}
+            return held_out_means(
+                split,
+                lambda x: {"bpd": flow_bpd(self.model, x, g, self.config.levels).mean()},
+                batch_size,
+                self.device,
+                seed,
+            )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.model.sample(n, generator)

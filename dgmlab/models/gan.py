@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgmlab.models.mlp import mlp
-from dgmlab.step import TrainConfig, adam, compiled
+from dgmlab.step import TrainConfig, adam, compiled, held_out_means
 from dgmlab.utils import eval_mode, get_device, module_device, randn
 
 __all__ = [
@@ -346,21 +346,19 @@ class GANStep:
         two losses (``d_loss`` with the training's label smoothing), all in eval mode (no dropout, batch norm on
         running statistics, statistics not updated)."""
         g = torch.Generator().manual_seed(seed)
-        sums, n = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}, 0
+
+        def terms(x):
+            l_real = self.D(x)
+            l_fake = self.D(self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device)))
+            return {
+                "d_loss": discriminator_loss(l_real, l_fake, self.label_smoothing),
+                "g_loss": self.generator_loss(l_fake),
+                "d_real": torch.sigmoid(l_real).mean(),
+                "d_fake": torch.sigmoid(l_fake).mean(),
+            }
+
         with eval_mode(self.G, self.D):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=seed):
-                l_real = self.D(x)
-                l_fake = self.D(self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device)))
-                batch = {
-                    "d_loss": discriminator_loss(l_real, l_fake, self.label_smoothing),
-                    "g_loss": self.generator_loss(l_fake),
-                    "d_real": torch.sigmoid(l_real).mean(),
-                    "d_fake": torch.sigmoid(l_fake).mean(),
-                }
-                for key, value in batch.items():
-                    sums[key] += float(value) * len(x)
-                n += len(x)
-        return {k: v / n for k, v in sums.items()}
+            return held_out_means(split, terms, batch_size, self.device, seed)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.G.sample(n, generator)

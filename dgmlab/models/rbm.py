@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dgmlab.distributions import log_mean_exp
-from dgmlab.step import TrainConfig, adam, batch_mean
+from dgmlab.step import TrainConfig, adam, batch_mean, held_out_means
 from dgmlab.utils import check_cpu_generator, eval_mode, get_device, module_device
 
 __all__ = [
@@ -477,14 +477,13 @@ class RBMStep:
     def evaluate(self, split, seed: int = 1234, batch_size: int = 500) -> dict[str, float]:
         """Mean free energy and one-step reconstruction error on ``split`` (fixed binarisation and noise)."""
         g = torch.Generator().manual_seed(seed)
-        sums, n = {"free_energy": 0.0, "recon_error": 0.0}, 0
+
+        def terms(x):
+            pv = self.model.gibbs_step(x, g)[2]  # [B, D] one Gibbs step's visible probabilities
+            return {"free_energy": self.model.free_energy(x).mean(), "recon_error": ((x - pv) ** 2).sum(1).mean()}
+
         with eval_mode(self.model):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=seed):
-                pv = self.model.gibbs_step(x, g)[2]
-                sums["free_energy"] += float(self.model.free_energy(x).sum())
-                sums["recon_error"] += float(((x - pv) ** 2).sum())
-                n += len(x)
-        return {k: v / n for k, v in sums.items()}
+            return held_out_means(split, terms, batch_size, self.device, seed)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.model.sample(n, generator)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from dgmlab.models.gan import generator_step, uses_batch_norm
-from dgmlab.step import TrainConfig, adam, compiled
+from dgmlab.step import TrainConfig, adam, compiled, held_out_means
 from dgmlab.utils import eval_mode, get_device, randn
 
 __all__ = [
@@ -257,24 +257,22 @@ class WGANGPStep:
         ``G`` on its running statistics, not updated): ``critic_loss``, ``wasserstein``, ``gp``, ``grad_norm``,
         ``g_loss``, means over the examples."""
         g = torch.Generator().manual_seed(seed)
-        sums, n = dict.fromkeys(("critic_loss", "wasserstein", "gp", "grad_norm", "g_loss"), 0.0), 0
+
+        def terms(x):
+            x_fake = self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device))
+            f_real, f_fake = self.f(x), self.f(x_fake)
+            norms = gradient_norm(self.f, interpolates(x, x_fake, g), create_graph=False)
+            gp = gradient_penalty(norms)
+            return {
+                "critic_loss": critic_loss(f_real, f_fake, gp, self.lambda_gp),
+                "wasserstein": wasserstein_estimate(f_real, f_fake),
+                "gp": gp,
+                "grad_norm": norms.mean(),
+                "g_loss": wgan_generator_loss(f_fake),
+            }
+
         with eval_mode(self.G, self.f):
-            for x, _ in split.batches(batch_size, shuffle=False, device=self.device, seed=seed):
-                x_fake = self.G(randn(len(x), self.G.config.z_dim, generator=g, device=self.device))
-                f_real, f_fake = self.f(x), self.f(x_fake)
-                norms = gradient_norm(self.f, interpolates(x, x_fake, g), create_graph=False)
-                gp = gradient_penalty(norms)
-                batch = {
-                    "critic_loss": critic_loss(f_real, f_fake, gp, self.lambda_gp),
-                    "wasserstein": wasserstein_estimate(f_real, f_fake),
-                    "gp": gp,
-                    "grad_norm": norms.mean(),
-                    "g_loss": wgan_generator_loss(f_fake),
-                }
-                for key, value in batch.items():
-                    sums[key] += float(value) * len(x)
-                n += len(x)
-        return {k: v / n for k, v in sums.items()}
+            return held_out_means(split, terms, batch_size, self.device, seed)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.G.sample(n, generator)

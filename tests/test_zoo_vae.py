@@ -39,6 +39,16 @@ def test_the_vae_family_is_first_and_its_entries_are_complete():
     assert vae_zoo.chapter7_recipe("gaussian").checkpoint == "ch07-gaussian-z10-beta1"
 
 
+def test_a_broken_later_family_does_not_break_loading_an_earlier_entry(monkeypatch):
+    """get() imports families in the book's order only until it finds the entry; entries() names the broken one."""
+    monkeypatch.setattr(zoo, "FAMILIES", (*zoo.FAMILIES, "no_such_family"))
+    assert zoo.get("vae-z20").chapter == "book/06_training_vae"
+    with pytest.raises(RuntimeError, match=r"dgmlab\.zoo\.no_such_family failed to load"):
+        zoo.entries()
+    with pytest.raises(RuntimeError, match="no_such_family"):  # an entry not found before it: the same message
+        zoo.get("not-a-model")
+
+
 def test_build_gives_seed_zero_weights_and_leaves_the_global_rng_alone():
     recipe = tiny_recipe()
     before = torch.random.get_rng_state()

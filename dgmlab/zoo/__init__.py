@@ -70,7 +70,7 @@ def entries() -> list[Entry]:
     """Every entry of every family in :data:`FAMILIES`, in the book's order."""
     found: list[Entry] = []
     for family in FAMILIES:
-        found.extend(importlib.import_module(f"dgmlab.zoo.{family}").ENTRIES)
+        found.extend(_family_entries(family))
     names = [e.name for e in found]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -78,9 +78,22 @@ def entries() -> list[Entry]:
     return found
 
 
+def _family_entries(family: str) -> tuple[Entry, ...]:
+    try:
+        return importlib.import_module(f"dgmlab.zoo.{family}").ENTRIES
+    except Exception as error:  # name the family, so that one broken recipe is found at once
+        raise RuntimeError(f"dgmlab.zoo: the family module dgmlab.zoo.{family} failed to load: {error!r}") from error
+
+
 def get(name: str) -> Entry:
-    """The entry called ``name``; the error lists the names there are."""
-    by_name = {e.name: e for e in entries()}
-    if name not in by_name:
-        raise KeyError(f"no model {name!r} in dgmlab.zoo; there are: {', '.join(by_name) or 'none yet'}")
-    return by_name[name]
+    """The entry called ``name``; the error lists the names there are.
+
+    The families are imported in the book's order only until the entry is found, so a chapter of part I does not
+    import (or depend on) the families of later parts."""
+    seen: list[str] = []
+    for family in FAMILIES:
+        for entry in _family_entries(family):
+            if entry.name == name:
+                return entry
+            seen.append(entry.name)
+    raise KeyError(f"no model {name!r} in dgmlab.zoo; there are: {', '.join(seen) or 'none yet'}")

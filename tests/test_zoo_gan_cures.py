@@ -105,6 +105,8 @@ def test_load_trains_once_then_reuses_the_checkpoint(fast_cache, name):
     assert [row["epoch"] for row in trace] == list(range(recipe.fast_epochs + 1))
     for row in trace:
         assert len(row["histogram"]) == 10 and abs(sum(row["histogram"]) - 1) < 1e-12
+        # classes holding 1% or more of the samples, and no Frechet distance (the cures' trace gets no real images)
+        assert row["classes_covered"] == sum(share >= 0.01 for share in row["histogram"]) and "fd" not in row
     mtime = path.stat().st_mtime_ns
     second = recipe.load(verbose=False)
     assert path.stat().st_mtime_ns == mtime  # not trained again

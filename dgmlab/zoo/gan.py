@@ -41,34 +41,38 @@ class ClassifierTrace(Callback):
 
     ``rows`` gets one dict per epoch: ``epoch``; ``confidence``, the mean over the samples of the classifier's
     largest class probability; ``confident_share``, the share of samples whose largest probability is at least
-    :data:`CONFIDENT`; ``classes_covered`` (:func:`dgmlab.metrics.classes_covered` of the predicted classes); and
-    ``fd``, the Frechet distance between the classifier features of the samples and of ``real_x``.
+    :data:`CONFIDENT`; ``histogram``, the shares of the ten predicted classes (a list of floats,
+    :func:`dgmlab.metrics.class_histogram`); ``classes_covered`` (:func:`dgmlab.metrics.classes_covered` of that
+    histogram); and, when ``real_x`` is given, ``fd``, the Frechet distance between the classifier features of the
+    samples and of ``real_x``. Chapter 10's GAN and chapter 11's cures (:mod:`dgmlab.zoo.gan_cures`) record it.
 
     Args:
         classifier: a trained :class:`dgmlab.models.classifier.Classifier`.
-        real_x: real images ``[N, 784]`` for the Frechet distance (the validation digits).
+        real_x: real images ``[N, 784]`` for the Frechet distance (the validation digits), or ``None`` for no ``fd``.
         n: samples per epoch.
         seed: seed of the samples' noise.
     """
 
-    def __init__(self, classifier: torch.nn.Module, real_x: torch.Tensor, n: int = 500, seed: int = 1):
+    def __init__(self, classifier: torch.nn.Module, real_x: torch.Tensor | None = None, n: int = 500, seed: int = 1):
         self.classifier, self.n, self.seed = classifier, n, seed
-        self.real_features = classifier.features(real_x)  # [N, H]
+        self.real_features = None if real_x is None else classifier.features(real_x)  # [N, H]
         self.rows: list[dict] = []
 
     def _measure(self, epoch: int, step) -> None:
         x = step.sample(self.n, generator=torch.Generator().manual_seed(self.seed)).cpu()  # [n, 784]
         probs = self.classifier.probabilities(x)  # [n, 10]
         top = probs.max(dim=1).values  # [n]
-        self.rows.append(
-            {
-                "epoch": epoch,
-                "confidence": top.mean().item(),
-                "confident_share": (top >= CONFIDENT).double().mean().item(),
-                "classes_covered": classes_covered(class_histogram(probs)),
-                "fd": frechet_distance(self.classifier.features(x), self.real_features),
-            }
-        )
+        histogram = class_histogram(probs)  # [10], each sample counted for its most likely class
+        row = {
+            "epoch": epoch,
+            "confidence": top.mean().item(),
+            "confident_share": (top >= CONFIDENT).double().mean().item(),
+            "histogram": histogram.tolist(),
+            "classes_covered": classes_covered(histogram),
+        }
+        if self.real_features is not None:
+            row["fd"] = frechet_distance(self.classifier.features(x), self.real_features)
+        self.rows.append(row)
 
     def on_fit_start(self, step, history) -> None:
         self._measure(0, step)

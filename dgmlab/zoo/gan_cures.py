@@ -33,16 +33,15 @@ import torch
 
 from dgmlab.checkpoint import Checkpoint, load_or_train
 from dgmlab.data import Split, load_mnist
-from dgmlab.metrics import class_histogram
 from dgmlab.models.dcgan import DCDiscriminator, DCGANConfig, DCGenerator
 from dgmlab.models.gan import Discriminator, GANConfig, GANStep, GANTrainConfig, Generator
 from dgmlab.models.wgan import WGANGPStep, WGANTrainConfig
-from dgmlab.train import Callback, fit, load_classifier
+from dgmlab.train import fit, load_classifier
 from dgmlab.utils import checkpoint_path, fast_mode, get_device
 from dgmlab.zoo import Entry
+from dgmlab.zoo.gan import ClassifierTrace
 
 __all__ = [
-    "ClassTrace",
     "GANCureRecipe",
     "MLP_GAN_BASELINE",
     "MLP_GAN_SMOOTHED",
@@ -54,30 +53,6 @@ __all__ = [
 
 ARCHITECTURES = ("mlp", "dcgan")
 OBJECTIVES = ("gan", "wgan-gp")
-
-
-class ClassTrace(Callback):
-    """After every epoch (and before the first), the class histogram of ``n`` samples of the step's generator as
-    ``classifier`` reads them, always from the same noise (a CPU generator seeded with ``seed``).
-
-    ``rows`` gets one dict per epoch: ``epoch`` and ``histogram``, the shares of the ten classes (a list of floats,
-    :func:`dgmlab.metrics.class_histogram` of the predicted labels).
-    """
-
-    def __init__(self, classifier: torch.nn.Module, n: int = 1000, seed: int = 1):
-        self.classifier, self.n, self.seed = classifier, n, seed
-        self.rows: list[dict] = []
-
-    def _measure(self, epoch: int, step) -> None:
-        x = step.sample(self.n, generator=torch.Generator().manual_seed(self.seed)).cpu()  # [n, 784]
-        histogram = class_histogram(self.classifier.predict(x))  # [10]
-        self.rows.append({"epoch": epoch, "histogram": histogram.tolist()})
-
-    def on_fit_start(self, step, history) -> None:
-        self._measure(0, step)
-
-    def on_epoch_end(self, epoch, step, history) -> None:
-        self._measure(epoch, step)
 
 
 @dataclass(frozen=True)
@@ -103,7 +78,8 @@ class GANCureRecipe:
         dcgan: the convolutional sizes (``architecture="dcgan"``).
         seed: seeds the initial weights (``torch.manual_seed``, the caller's global state restored afterwards),
             the batch order and the noise.
-        n_trace: samples the classifier reads after every epoch (:class:`ClassTrace`).
+        n_trace: samples the classifier reads after every epoch (:class:`dgmlab.zoo.gan.ClassifierTrace`, without
+            the Frechet distance).
     """
 
     checkpoint: str
@@ -181,7 +157,7 @@ class GANCureRecipe:
         """The trained GAN: from the cache when it was trained this way, else trained now and cached.
 
         Training runs on ``get_device("auto")``; the returned modules live on ``device`` in eval mode.
-        ``extra["class_trace"]`` holds :class:`ClassTrace`'s rows (epoch 0 to the last).
+        ``extra["class_trace"]`` holds :class:`~dgmlab.zoo.gan.ClassifierTrace`'s rows (epoch 0 to the last).
 
         Returns:
             The :class:`~dgmlab.checkpoint.Checkpoint`: ``checkpoint["G"]``, ``.history`` (the step's terms per
@@ -193,7 +169,7 @@ class GANCureRecipe:
         state: dict = {}
 
         def train_model(modules):
-            trace = ClassTrace(load_classifier(), n=self.n_trace)
+            trace = ClassifierTrace(load_classifier(), n=self.n_trace)
             state["trace"] = trace
             return fit(self.step(modules, config), train, callbacks=[trace], progress=progress)
 

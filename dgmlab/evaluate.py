@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dgmlab.distributions import log_normal_diag, log_standard_normal
+from dgmlab.step import held_out_means
 from dgmlab.utils import eval_mode, module_device
 
 CHUNK_FLOATS = 1 << 23  # ~32 MB of float32 decoder outputs per chunk
@@ -30,16 +31,6 @@ def _chunks(total: int, batch: int, dim: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
-def _split_x(data, batch_size: int, seed: int):
-    """Yield batches of ``data`` (a Split or a tensor); a dynamically binarised Split gets one fixed sample."""
-    from dgmlab.data import Split
-
-    if isinstance(data, Split):
-        yield from (x for x, _ in data.batches(batch_size, shuffle=False, device="cpu", seed=seed))
-    else:
-        yield from torch.split(data, batch_size)
-
-
 @torch.no_grad()
 def evaluate_elbo(model, data, batch_size: int = 500, seed: int = 1234) -> dict:
     """Mean one-sample ELBO, reconstruction and KL terms over ``data`` (in nats per example).
@@ -48,14 +39,13 @@ def evaluate_elbo(model, data, batch_size: int = 500, seed: int = 1234) -> dict:
     """
     device = module_device(model)
     g = torch.Generator(device=device).manual_seed(seed)
-    sums, n = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
-    with eval_mode(model):
-        for x in _split_x(data, batch_size, seed):
-            terms = model.loss(x.to(device), generator=g)
-            for key in sums:
-                sums[key] += getattr(terms, key).sum().item()
-            n += x.shape[0]
-    return {k: v / n for k, v in sums.items()}
+
+    def terms(x):
+        t = model.loss(x.to(device), generator=g)
+        return {"elbo": t.elbo.mean(), "recon": t.recon.mean(), "kl": t.kl.mean()}
+
+    with eval_mode(model):  # batches made on the CPU: a dynamic binarisation draws the same digits on any device
+        return held_out_means(data, terms, batch_size, "cpu", seed)
 
 
 def _log_px_given_z(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

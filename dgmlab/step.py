@@ -82,14 +82,19 @@ def batch_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def held_out_means(
-    split, terms: Callable[[torch.Tensor], dict[str, torch.Tensor | float]], batch_size: int, device, seed: int
+    data, terms: Callable[[torch.Tensor], dict[str, torch.Tensor | float]], batch_size: int, device, seed: int
 ) -> dict[str, float]:
-    """What a step's ``evaluate`` reports: the example-weighted means over ``split`` of ``terms(x)``, a dict of the
-    batch means of named terms, for batches of ``split`` in order (not shuffled; ``seed`` fixes a dynamic
-    binarisation). The caller sets the networks' mode (``with eval_mode(...)``: eval mode, no gradients)."""
+    """What a step's ``evaluate`` reports: the example-weighted means over ``data`` of ``terms(x)``, a dict of the
+    batch means of named terms, for batches in order (not shuffled). ``data`` is a :class:`~dgmlab.data.Split`
+    (batches on ``device``; ``seed`` fixes a dynamic binarisation) or a tensor of examples (batched as they are,
+    moved to ``device``). The caller sets the networks' mode (``with eval_mode(...)``: eval mode, no gradients)."""
+    if hasattr(data, "batches"):
+        batches = (x for x, _ in data.batches(batch_size, shuffle=False, device=device, seed=seed))
+    else:
+        batches = (x.to(device) for x in torch.split(torch.as_tensor(data), batch_size))
     sums: dict[str, float] = {}
     n = 0
-    for x, _ in split.batches(batch_size, shuffle=False, device=device, seed=seed):
+    for x in batches:
         for key, value in terms(x).items():
             sums[key] = sums.get(key, 0.0) + float(value) * len(x)
         n += len(x)

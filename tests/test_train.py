@@ -298,5 +298,6 @@ def test_held_out_means_weights_batches_by_their_size_and_refuses_an_empty_split
     assert math.isclose(got["mean"], x.mean().item(), rel_tol=1e-12)
     assert math.isclose(got["row_sum"], x.sum(1).mean().item(), rel_tol=1e-12)
     assert got["count"] == 1.0
+    assert held_out_means(x, terms, batch_size=3, device="cpu", seed=0) == got  # a plain tensor: the same batches
     with pytest.raises(ValueError, match="no examples"):
         held_out_means(split.subset(0), terms, batch_size=3, device="cpu", seed=0)

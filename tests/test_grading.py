@@ -303,6 +303,41 @@ def test_guard_records_forbidden_use_from_student_code(tmp_path):
     assert lines[2] == "[('Normal', 'uses_lib', False)]"  # recorded (the question pays), but not the student's use
 
 
+def test_guard_walks_no_stack_for_dunders_and_resolves_each_file_once():
+    """A traceback in a guarded kernel asks every loaded module for ``__file__`` and friends once per frame
+    (``inspect.getmodule``); walking the stack and resolving every frame's file on each of those lookups made a
+    failing cell cost over a second. Dunder lookups are never recorded, so they walk nothing; a file is resolved
+    once, however many accesses the student makes."""
+    script = textwrap.dedent(
+        """
+        import inspect, os.path
+        import dgmlab.grading.kernel as k
+        k.install_guard(["torch.distributions"])
+        import torch
+        walks, resolved, real = [], [], os.path.realpath
+        stack = k._student_stack
+        k._student_stack = lambda frame: walks.append(1) or stack(frame)
+        os.path.realpath = lambda path, *a, **kw: resolved.append(path) or real(path, *a, **kw)
+        ns = {"torch": torch, "inspect": inspect}
+        code = ("def lookup():\\n    return inspect.getmodule(inspect.currentframe())\\n"
+                "def use():\\n    return torch.distributions.Normal")
+        exec(compile(code, "/tmp/ipykernel_0/cell.py", "exec"), ns)
+        ns["lookup"]()
+        print(len(walks), len(k.GUARD_EVENTS))
+        ns["use"]()
+        first = len(resolved)
+        for _ in range(5):
+            ns["use"]()
+        print(len(walks), len(k.GUARD_EVENTS), first > 0, len(resolved) - first)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "0 0"  # getmodule read every guarded module's dunders: no walk, nothing recorded
+    assert lines[1] == "6 6 True 0"  # six uses recorded; the files on the stack were resolved during the first
+
+
 # --- judge helpers, budget, attribution ------------------------------------------------------------------------
 
 

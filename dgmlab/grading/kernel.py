@@ -12,6 +12,7 @@ do is make the grader trust anything beyond the data, which is checked like any 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,11 +46,17 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(os.path.realpath(d) for d in dirs if d)
 
 
-def _is_student_frame(frame: types.FrameType) -> bool:
-    filename = frame.f_code.co_filename
+@functools.lru_cache(maxsize=8192)
+def _is_student_file(filename: str, library_dirs: tuple[str, ...]) -> bool:
+    """Whether code from ``filename`` is the student's. Cached: resolving a path takes a system call per folder,
+    and a traceback asks for every frame of the stack once per loaded module (``inspect.getmodule``)."""
     if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>, ...
         return filename.startswith("<ipython-input")
-    return not os.path.realpath(filename).startswith(_LIBRARY_DIRS)
+    return not os.path.realpath(filename).startswith(library_dirs)
+
+
+def _is_student_frame(frame: types.FrameType) -> bool:
+    return _is_student_file(frame.f_code.co_filename, _LIBRARY_DIRS)
 
 
 def _student_stack(frame: types.FrameType | None) -> list[str]:
@@ -147,9 +154,11 @@ class _GuardedModule(types.ModuleType):
         real = object.__getattribute__(self, "_dgmlab_real")
         if attr in ("_dgmlab_real", "__class__", "__dict__"):
             return object.__getattribute__(self, attr)
+        if attr.startswith("__"):  # dunders (``__file__``, ``__spec__``, ...) are never a use worth recording
+            return getattr(real, attr)
         frame = sys._getframe(1)
         stack = _student_stack(frame)
-        if stack and not attr.startswith("__"):
+        if stack:
             GUARD_EVENTS.append(
                 {
                     "module": real.__name__,

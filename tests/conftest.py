@@ -57,14 +57,8 @@ class BookBuild:
         return "\n".join(self.log.splitlines()[-n:])
 
 
-def build_book(source: Path, out: Path, extra_env: dict[str, str] | None = None, timeout: int = 1500) -> BookBuild:
-    """Build the book in ``source`` into ``out`` the way the tests and CI do.
-
-    Fast mode (``DGMLAB_FAST=1``), warnings as errors (``-W``) but the whole book is still built
-    (``--keep-going``, so one run reports every problem), every notebook executed afresh
-    (``execute_notebooks: force`` in ``_config.yml``), checkpoints and caches in a fresh folder under ``out``
-    so nothing trained earlier (or in full mode) can stand in for the code under test.
-    """
+def _book_command(source: Path, out: Path, extra_env: dict[str, str] | None = None) -> tuple[list[str], dict]:
+    """The ``jupyter-book build`` command line and environment of :func:`build_book`."""
     venv_bin = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env.update(
@@ -80,7 +74,18 @@ def build_book(source: Path, out: Path, extra_env: dict[str, str] | None = None,
     jb = shutil.which("jupyter-book", path=venv_bin) or shutil.which("jupyter-book")
     if jb is None:
         pytest.fail("jupyter-book is not installed in this environment: run `make venv` (requirements.txt)")
-    cmd = [jb, "build", str(source), "--path-output", str(out), "-W", "--keep-going"]
+    return [jb, "build", str(source), "--path-output", str(out), "-W", "--keep-going"], env
+
+
+def build_book(source: Path, out: Path, extra_env: dict[str, str] | None = None, timeout: int = 1500) -> BookBuild:
+    """Build the book in ``source`` into ``out`` the way the tests and CI do.
+
+    Fast mode (``DGMLAB_FAST=1``), warnings as errors (``-W``) but the whole book is still built
+    (``--keep-going``, so one run reports every problem), every notebook executed afresh
+    (``execute_notebooks: force`` in ``_config.yml``), checkpoints and caches in a fresh folder under ``out``
+    so nothing trained earlier (or in full mode) can stand in for the code under test.
+    """
+    cmd, env = _book_command(source, out, extra_env)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.perf_counter() - t0
@@ -88,15 +93,104 @@ def build_book(source: Path, out: Path, extra_env: dict[str, str] | None = None,
     return BookBuild(source, out / "_build" / "html", proc.returncode, log, seconds)
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class BackgroundBuild:
+    """The course book's build (:func:`build_book`), started with the first test and run beside the others.
+
+    The build executes one small fast-mode notebook after another and keeps about one of two cores busy (alone on
+    an idle 2-core machine: 228 s at 118% CPU), so the rest of the suite runs on the other core meanwhile. While
+    both run, every process of the suite computes on one thread: PyTorch's threads spin while they wait for each
+    other, and two processes spinning two threads each on two cores slow each other down several times over.
+    """
+
+    def __init__(self, source: Path, out: Path, timeout: int = 1500):
+        self.source, self.out, self.timeout = source, out, timeout
+        cmd, env = _book_command(source, out, ONE_THREAD)
+        self.log_path = out / "build.log"
+        self._log = open(self.log_path, "w")  # a file, not a pipe: a pipe nobody reads fills up and stalls it
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.result: BookBuild | None = None
+
+    def wait(self) -> BookBuild:
+        if self.result is None:
+            try:
+                self.proc.wait(timeout=max(1.0, self.timeout - (time.perf_counter() - self.t0)))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                pytest.fail(f"the book build took more than {self.timeout} s; its log: {self.log_path}")
+            self._log.close()
+            log = self.log_path.read_text(errors="replace")
+            seconds = time.perf_counter() - self.t0
+            self.result = BookBuild(self.source, self.out / "_build" / "html", self.proc.returncode, log, seconds)
+        return self.result
+
+    def stop(self) -> None:
+        """Kill the build and every kernel it started (its own process group) if it is still running."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self._log.close()
+
+
+def _reads_the_book(item) -> bool:
+    return "built_book" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the built book run last, so the build has the rest of the run to finish beside it."""
+    items[:] = [i for i in items if not _reads_the_book(i)] + [i for i in items if _reads_the_book(i)]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """This process and the processes it starts compute on one thread; restores the settings when it ends."""
+    import torch
+
+    threads, saved = torch.get_num_threads(), {k: os.environ.get(k) for k in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _book_in_background(request, tmp_path_factory):
+    """With the first test, start the book's build when any selected test reads it; kill it if the run stops early."""
+    if not any(_reads_the_book(i) for i in request.session.items):
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(one_thread())
+        build = BackgroundBuild(REPO, tmp_path_factory.mktemp("book"))
+        stack.callback(build.stop)
+        build.finish = stack.pop_all()  # kill if running, then every core again: by built_book, or below
+        try:
+            yield build
+        finally:
+            build.finish.close()
+
+
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> BookBuild:
-    """The course book, built ONCE per test session (the slowest step of the suite), in fast mode."""
-    out = tmp_path_factory.mktemp("book")
-    build = build_book(REPO, out)
+def built_book(_book_in_background) -> BookBuild:
+    """The course book built ONCE per test session in fast mode, in the background from the first test on."""
+    build = _book_in_background.wait()
+    _book_in_background.finish.close()  # done: the book's own tests may use every core again
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "book-build.log").write_text(build.log)
-    report(f"book build (fast mode): {build.seconds:.0f} s, exit code {build.returncode}, HTML in {build.html}")
-    report(f"book build log: {ARTIFACTS / 'book-build.log'}")
+    report(f"book build (fast mode, beside the other tests): {build.seconds:.0f} s, exit code {build.returncode}")
+    report(f"book build log: {ARTIFACTS / 'book-build.log'}; HTML in {build.html}")
     return build
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ def graded(tmp_path_factory):
     sleeper = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(100)")])
     nbformat.write(sleeper, str(subs / "carol.ipynb"))  # both its attempts are killed
     local = grade(lab, [subs / "alice.ipynb", subs / "bob.ipynb"], base / "local", workers=2, progress=False)
+    data_folders = set(Path(tempfile.gettempdir()).glob("dgmlab-grader-data-*"))  # this process's is among them
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # only the grader's own retry
         with (
             distributed.LocalCluster(
@@ -89,7 +91,8 @@ def graded(tmp_path_factory):
             finally:
                 stop.set()
                 killer.join()
-    return base, {r["student"]: r for r in local}, {r["student"]: r for r in remote}, killed
+    left = set(Path(tempfile.gettempdir()).glob("dgmlab-grader-data-*")) - data_folders
+    return base, {r["student"]: r for r in local}, {r["student"]: r for r in remote}, killed, left
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -98,7 +101,7 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def test_the_cluster_gives_the_local_pool_s_gradebook(graded):
-    base, local, remote, killed = graded
+    base, local, remote, killed, _ = graded
     assert any(k.startswith("dgmlab-grade-alice-1-") for k in killed)  # alice's first attempt died mid-run
     assert remote["alice"]["total"] == 100, json.dumps(remote["alice"], indent=1)[:3000]
     assert remote["bob"]["status"] == "unreadable"
@@ -113,12 +116,19 @@ def test_the_cluster_gives_the_local_pool_s_gradebook(graded):
 
 
 def test_a_submission_whose_worker_is_lost_twice_is_reported_and_costs_no_one_else(graded):
-    base, _, remote, killed = graded
+    base, _, remote, killed, _ = graded
     carol = remote["carol"]
     assert sum(k.startswith("dgmlab-grade-carol-") for k in killed) == 2, (killed, carol["notes"], carol["run"])
     assert carol["status"] == "grader_error" and "worker grading this submission was lost twice" in carol["notes"][0]
     book = json.loads((base / "dask" / "gradebook.json").read_text())
     assert sorted(r["student"] for r in book["results"]) == ["alice", "bob", "carol"]
+
+
+def test_workers_even_killed_ones_leave_no_data_folder_behind(graded):
+    """Each worker process keeps its copy of the grader's data in its own Dask folder: three of them were killed
+    here (their ``atexit`` never ran), and the cluster's clean-up still removed every copy."""
+    *_, killed, left = graded
+    assert len(killed) == 3 and not left, left
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):

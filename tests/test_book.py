@@ -1,7 +1,7 @@
 """The rendered book, checked the way a reader meets it.
 
 The book is built once per test session (fixture ``built_book`` in conftest.py: fast mode, ``-W --keep-going``,
-every notebook executed afresh). Then:
+every notebook executed afresh), in the background from the first test on; the tests that read it run last. Then:
 
 - the build succeeded and every page listed in ``_toc.yml`` became HTML;
 - every internal link and every local asset reference points at a file (and an anchor) that exists, and no

@@ -160,6 +160,24 @@ def test_no_page_loads_anything_from_another_host(built_book):
     assert not offenders, "assets from other hosts:\n" + "\n".join(offenders)
 
 
+ROLE = re.compile(r"\{(glue|cite|numref|ref|eq|doc|term|download|math)(:[a-z]+)?\}")
+
+
+def test_no_page_shows_a_myst_role_unrendered(built_book):
+    """A stray backtick next to a role (``{glue:text}`x:.0f`%` ``) turns the rest of the paragraph into inline
+    code, and the reader sees ``{glue:text}`` and the key instead of the number; Sphinx gives no warning for it."""
+    _require_success(built_book)
+    shown = []
+    for page in _html_pages(built_book.html):
+        text = page.read_text(encoding="utf-8")
+        text = re.sub(r'<div class="highlight[^"]*"><pre>.*?</pre></div>', "", text, flags=re.S)  # code cells
+        text = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+        for m in ROLE.finditer(text):
+            around = re.sub(r"<[^>]+>", "", text[max(0, m.start() - 80) : m.end() + 40])
+            shown.append(f"{page.relative_to(built_book.html)}: ...{' '.join(around.split())}...")
+    assert not shown, "\n".join(shown)
+
+
 def test_every_internal_link_and_asset_resolves(built_book):
     _require_success(built_book)
     root = built_book.html

@@ -107,6 +107,8 @@ class BackgroundBuild:
 
     def __init__(self, source: Path, out: Path, timeout: int = 1500):
         self.source, self.out, self.timeout = source, out, timeout
+        self._threads = contextlib.ExitStack()
+        self._threads.enter_context(one_thread())  # released by finish()
         cmd, env = _book_command(source, out, ONE_THREAD)
         self.log_path = out / "build.log"
         self._log = open(self.log_path, "w")  # a file, not a pipe: a pipe nobody reads fills up and stalls it
@@ -134,6 +136,11 @@ class BackgroundBuild:
                 os.killpg(self.proc.pid, 9)
             self.proc.wait()
         self._log.close()
+
+    def finish(self) -> None:
+        """Stop the build if it still runs and give this process and its children every core again (idempotent)."""
+        self.stop()
+        self._threads.close()
 
 
 def _reads_the_book(item) -> bool:
@@ -171,22 +178,18 @@ def _book_in_background(request, tmp_path_factory):
     if not any(_reads_the_book(i) for i in request.session.items):
         yield None
         return
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(one_thread())
-        build = BackgroundBuild(REPO, tmp_path_factory.mktemp("book"))
-        stack.callback(build.stop)
-        build.finish = stack.pop_all()  # kill if running, then every core again: by built_book, or below
-        try:
-            yield build
-        finally:
-            build.finish.close()
+    build = BackgroundBuild(REPO, tmp_path_factory.mktemp("book"))
+    try:
+        yield build
+    finally:
+        build.finish()
 
 
 @pytest.fixture(scope="session")
 def built_book(_book_in_background) -> BookBuild:
     """The course book built ONCE per test session in fast mode, in the background from the first test on."""
     build = _book_in_background.wait()
-    _book_in_background.finish.close()  # done: the book's own tests may use every core again
+    _book_in_background.finish()  # done: the book's own tests may use every core again
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "book-build.log").write_text(build.log)
     report(f"book build (fast mode, beside the other tests): {build.seconds:.0f} s, exit code {build.returncode}")

@@ -14,13 +14,51 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2 * math.pi)
 
 
+# PyTorch's CPU log1p, which softplus and binary_cross_entropy_with_logits use, is vectorised in its AVX2 kernels but
+# not in its AVX-512 ones (torch 2.14 on an AVX-512 CPU: 0.85 ms for one 128 x 784 batch, 0.13 ms with
+# ATEN_CPU_CAPABILITY=avx2, 0.1 ms for log): there the fused kernel costs an eighth of a VAE training step.
+_SLOW_CPU_LOG1P = torch.backends.cpu.get_cpu_capability() != "AVX2"
+
+
+def _softplus_values(logits: torch.Tensor) -> torch.Tensor:
+    """softplus(l) = log(1 + e^l) = max(l, 0) + log1p(e^(-|l|)), elementwise, finite for every real l, from
+    vectorised operations only. Values only, for :class:`_LogBernoulli`, which supplies the gradient.
+
+    ``log1p(u)`` for u in (0, 1] is ``log(w) - c / w`` with ``w = 1 + u`` rounded and ``c = (w - 1) - u`` its
+    rounding error (``w - 1`` is exact for w in [1, 2]): the first-order correction of ``log(w) = log(1 + u + c)``,
+    accurate to a few float32 ulps, where ``log(w)`` alone loses every digit for small u (it is 0 once w rounds to 1).
+    """
+    u = logits.abs().neg_().exp_()  # e^(-|l|) in (0, 1]
+    w = u + 1
+    c_over_w = (w - 1).sub_(u).div_(w)
+    return w.log_().sub_(c_over_w).add_(logits.clamp(min=0))
+
+
+class _LogBernoulli(torch.autograd.Function):
+    """sum_d [x_d l_d - softplus(l_d)] with its closed-form gradients: d/dl = x - sigmoid(l), d/dx = l."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, logits)
+        return (x * logits).sub_(_softplus_values(logits)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, logits = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_x = logits * grad if ctx.needs_input_grad[0] else None
+        grad_logits = (x - torch.sigmoid(logits)) * grad if ctx.needs_input_grad[1] else None
+        return grad_x, grad_logits
+
+
 def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log Bern(x | sigmoid(logits)), summed over the last dim.
 
     log p(x) = x log s(l) + (1 - x) log(1 - s(l)) = x l - softplus(l), with s the sigmoid and l the logit.
-    The right-hand form never evaluates log(0), so extreme logits (|l| ~ 1e4) stay finite. It is computed by
-    PyTorch's fused ``binary_cross_entropy_with_logits`` kernel (``= -(x l - softplus(l))``, elementwise): one pass
-    over the pixels forward and one backward instead of three, which the training loop feels.
+    The right-hand form never evaluates log(0), so extreme logits (|l| ~ 1e4) stay finite; its gradient is
+    d log p / d l = x - s(l). Computed by PyTorch's fused ``binary_cross_entropy_with_logits`` kernel, except on
+    CPUs where PyTorch's ``log1p`` is slow (see ``_SLOW_CPU_LOG1P``): there by :class:`_LogBernoulli`, the same
+    numbers (to float32 rounding) about twice as fast.
 
     Args:
         x: ``[..., D]`` values in [0, 1] (binary for a proper likelihood).
@@ -29,7 +67,9 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[...]`` log-probabilities.
     """
-    x, logits = torch.broadcast_tensors(x, logits)  # the kernel wants equal shapes; callers may broadcast
+    x, logits = torch.broadcast_tensors(x, logits)  # broadcast outside, so autograd sums the gradients back
+    if _SLOW_CPU_LOG1P and logits.device.type == "cpu" and not torch.compiler.is_compiling():
+        return _LogBernoulli.apply(x, logits)
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 

@@ -1,12 +1,16 @@
 """Hand-written log-densities and the closed-form KL, checked against direct formulas, quadrature and Monte Carlo."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
 
+from dgmlab import distributions
 from dgmlab.distributions import (
     continuous_bernoulli_log_norm,
     continuous_bernoulli_mean,
@@ -84,6 +88,58 @@ def test_log_bernoulli_is_finite_for_extreme_logits():
     # a confident, correct prediction costs ~0 nats; a confident, wrong one costs ~|logit| nats
     assert log_bernoulli(torch.ones(1, 1), torch.tensor([[1e4]])).item() == pytest.approx(0.0, abs=1e-6)
     assert log_bernoulli(torch.zeros(1, 1), torch.tensor([[1e4]])).item() == pytest.approx(-1e4, rel=1e-6)
+
+
+@pytest.fixture(params=[True, False], ids=["vectorised-softplus", "fused-kernel"])
+def both_log_bernoullis(request, monkeypatch):
+    """log_bernoulli as computed on CPUs with a slow log1p (AVX-512) and as PyTorch's fused kernel (AVX2, CUDA)."""
+    monkeypatch.setattr(distributions, "_SLOW_CPU_LOG1P", request.param)
+    return request.param
+
+
+def test_log_bernoulli_keeps_float32_accuracy_where_log_of_one_plus_u_loses_it(both_log_bernoullis):
+    """Every float32 digit, against float64: for x = 1 and a large logit the answer is -softplus(-l) ~ -e^(-l),
+    which ``log(1 + e^(-l))`` written naively rounds to 0 (relative error 1). PyTorch's fused kernel does the same
+    for e^(-|l|) below float32's eps (an absolute error under 1e-7 nats, harmless in a sum over pixels): it is held
+    to that absolute bound, dgmlab's own softplus to the relative one."""
+    logits = torch.linspace(-60.0, 60.0, 200_001)  # float32; e^-60 ~ 1e-26 is still a normal float32
+    for x in (torch.ones_like(logits), torch.zeros_like(logits), torch.full_like(logits, 0.3)):
+        got = log_bernoulli(x.unsqueeze(-1), logits.unsqueeze(-1)).double()
+        l64, x64 = logits.double(), x.double()
+        exact = x64 * l64 - torch.nn.functional.softplus(l64)  # float64 reference, exact to ~1e-16
+        scale = (x64 * l64).abs() + torch.nn.functional.softplus(l64)  # x l and softplus(l) may cancel
+        scale += 0 if both_log_bernoullis else 1  # the fused kernel: absolute error for tiny values
+        err = (got - exact).abs() / scale
+        assert err.max() <= 4 * torch.finfo(torch.float32).eps, f"{err.max():.2e} at l = {logits[err.argmax()]:.2f}"
+
+
+def test_log_bernoulli_gradients_are_the_closed_form_and_differentiable_twice(both_log_bernoullis):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(5, 3, 7, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    x = torch.rand(1, 3, 7, generator=g, dtype=torch.float64).requires_grad_()  # broadcast over the first dim
+    log_bernoulli(x, logits).sum().backward()
+    torch.testing.assert_close(logits.grad, x.detach() - torch.sigmoid(logits.detach()))  # d/dl [x l - softplus(l)]
+    torch.testing.assert_close(x.grad, logits.detach().sum(0, keepdim=True))  # d/dx = l, summed over the broadcast
+    small = (logits.detach()[:2, :2, :3].clone().requires_grad_(), x.detach()[:, :2, :3].clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda l, y: log_bernoulli(y, l), small)
+    assert torch.autograd.gradgradcheck(lambda l, y: log_bernoulli(y, l), small)
+
+
+def test_log_bernoulli_uses_the_vectorised_softplus_only_on_the_cpu_where_log1p_is_slow(monkeypatch):
+    calls = []
+    original = distributions._LogBernoulli.apply
+    monkeypatch.setattr(distributions._LogBernoulli, "apply", lambda *a: calls.append(1) or original(*a))
+    x, logits = torch.rand(2, 5), torch.randn(2, 5)
+    for slow, used in ((True, 1), (False, 0)):
+        monkeypatch.setattr(distributions, "_SLOW_CPU_LOG1P", slow)
+        calls.clear()
+        log_bernoulli(x, logits)
+        assert len(calls) == used
+    avx2 = subprocess.run(
+        [sys.executable, "-c", "import dgmlab.distributions as d; print(d._SLOW_CPU_LOG1P)"],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True, check=True,
+    )
+    assert avx2.stdout.strip() == "False"  # AVX2 kernels: PyTorch's own log1p is vectorised, the kernel is used
 
 
 def test_log_normal_diag_matches_scipy():
